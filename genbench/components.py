@@ -1,0 +1,130 @@
+"""The small interfaces every plugin implements.
+
+A component is a class with a ``name``, a ``version`` (bump it when results would
+change: stored results are keyed by it), a nested pydantic ``Params`` model and one
+main method. The core never imports a concrete component: plugins register them
+through the hooks in :mod:`genbench.hookspecs`.
+
+This module must not import torch (``genbench --help`` stays fast); type hints
+that mention torch are strings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from genbench.context import MeasureContext
+    from genbench.data import DataBundle
+
+
+class Params(BaseModel):
+    """Base for every component's parameters: unknown keys are errors, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    """Common shape of all plugin components."""
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, params: Params | None = None):
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def describe(cls) -> str:
+        """First line of the docstring: shown by ``genbench plugins``."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+class Dataset(Component):
+    """Loads a classification dataset into memory as tensors."""
+
+    kind = "dataset"
+
+    def load(self) -> DataBundle:
+        raise NotImplementedError
+
+
+class ModelFamily(Component):
+    """Builds a network. Hidden layers must be followed by :class:`genbench.taps.Tap`
+    modules (one per hidden layer, placed after the activation, holding the
+    pre-activation too) so that every regularizer works with every family."""
+
+    kind = "model"
+
+    def build(self, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+
+class Regularizer(Component):
+    """Acts on training through the taps of a model.
+
+    ``bind(model)`` is called once before training on the model it will regularize;
+    it returns a :class:`genbench.taps.TapHandler` (or ``None`` if the regularizer
+    is a no-op for these params, e.g. dropout rate 0). Optimizer-level
+    regularizers may instead override :meth:`optimizer_overrides`.
+    """
+
+    kind = "regularizer"
+
+    def bind(self, model: nn.Module) -> Any:
+        return None
+
+    def optimizer_overrides(self) -> dict[str, Any]:
+        """Keyword overrides for the optimizer (e.g. ``weight_decay``)."""
+        return {}
+
+    def model_overrides(self) -> dict[str, Any]:
+        """Keyword overrides for the model family's params (e.g. ``batch_norm``)."""
+        return {}
+
+
+class VolumeEstimator(Component):
+    """Estimates the per-layer weight volume of a trained model (science.md section 1)."""
+
+    kind = "volume_estimator"
+
+    def estimate(self, model: nn.Module, data: DataBundle, *, loss_fn: Any = None,
+                 device: Any = None) -> dict[str, Any]:
+        """Return ``{"layers": {name: {"log_vol", "dim", "vol_per_dim"}},
+        "log_vol_sum": float, "vol_per_dim_mean": float, ...extra}``."""
+        raise NotImplementedError
+
+
+class Measure(Component):
+    """A complexity measure: bigger must mean *predicted worse generalization*.
+
+    ``needs`` names shared quantities (e.g. ``"sigma"``, ``"volume:laplace"``) the
+    measure asks the context for, so a run computes only what is used.
+    """
+
+    kind = "measure"
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def compute(self, ctx: MeasureContext) -> float:
+        raise NotImplementedError
+
+
+class Executor(Component):
+    """Trains a list of model jobs and hands each result back as soon as it exists."""
+
+    kind = "executor"
+
+    def run(self, jobs: list[Any], train: Any, on_done: Any) -> None:
+        """Call ``on_done(job, result_or_exception)`` once per job, as each finishes."""
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[Component]] = {
+    c.kind: c for c in (Dataset, ModelFamily, Regularizer, VolumeEstimator, Measure, Executor)
+}

@@ -1,0 +1,79 @@
+"""Expand a suite into model specs, each with a content key.
+
+The key is a hash of the model's canonical, fully resolved configuration (every
+param with its default filled in) plus the versions of the components that build
+and train it. A changed recipe or component version is a new key (retrained); an
+unchanged one is found in the store and never retrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from genbench.plugins import Registry
+from genbench.suite import Scalar, Suite, TrainRecipe, apply_point
+
+TRAINER_VERSION = "1"  # bump when the training loop changes results
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_key(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the population: everything needed to train it, nothing else."""
+
+    key: str
+    hparams: dict[str, Scalar]
+    seed: int
+    config: dict[str, Any]  # resolved dataset/model/train/regularizers
+    provenance: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def recipe(self) -> TrainRecipe:
+        return TrainRecipe(**self.config["train"])
+
+
+def resolve(registry: Registry, cfg: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Fill in every default so the config is canonical; list the components it uses."""
+    out: dict[str, Any] = {}
+    prov = []
+    for section, kind in (("dataset", "dataset"), ("model", "model")):
+        entry = registry.get(kind, cfg[section]["name"])
+        params = entry.cls.Params(**cfg[section]["params"]).model_dump(mode="json")
+        out[section] = {"name": entry.cls.name, "params": params}
+        prov.append(entry.provenance)
+    out["train"] = TrainRecipe(**cfg["train"]).model_dump(mode="json")
+    out["regularizers"] = {}
+    for name in sorted(cfg["regularizers"]):
+        entry = registry.get("regularizer", name)
+        out["regularizers"][name] = entry.cls.Params(**cfg["regularizers"][name]).model_dump(mode="json")
+        prov.append(entry.provenance)
+    return out, prov
+
+
+def dataset_key(config: dict[str, Any], registry: Registry) -> str:
+    entry = registry.get("dataset", config["dataset"]["name"])
+    return content_key({"dataset": config["dataset"], "version": entry.cls.version})
+
+
+def expand(suite: Suite, registry: Registry) -> list[ModelSpec]:
+    """All models of the suite: every grid point times every replicate seed."""
+    base = suite.model_dump(include={"dataset", "model", "train", "regularizers"})
+    specs = []
+    for point in suite.grid_points():
+        cfg, prov = resolve(registry, apply_point(base, point))
+        for seed in suite.seeds:
+            identity = {"config": cfg, "seed": seed, "trainer": TRAINER_VERSION,
+                        "components": [(p["kind"], p["name"], p["version"]) for p in prov]}
+            specs.append(ModelSpec(key=content_key(identity), hparams=dict(point), seed=seed,
+                                   config=cfg, provenance=prov))
+    return specs

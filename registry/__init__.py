@@ -1,0 +1,1 @@
+"""Suites and reference results, as data (TOML/JSON). Loaded by name with `genbench run NAME`."""
