@@ -1,0 +1,272 @@
+"""The flow: suite -> population -> train -> store -> measure -> score -> leaderboard.
+
+Each stage reads what the stage before stored, so a rerun does only the missing
+work and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from genbench.plugins import Registry, get_registry
+from genbench.population import ModelSpec, content_key, dataset_key, expand
+from genbench.store import Store
+from genbench.suite import Suite, load_suite, short_names
+
+# progress(stage, total) -> advance(description); the CLI draws bars, the library stays quiet.
+Progress = Callable[[str, int], Callable[[str], None]]
+DEFAULT_STORE = ".genbench"
+
+
+def _quiet(stage: str, total: int) -> Callable[[str], None]:
+    return lambda description: None
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return device
+
+
+class DataCache:
+    """Loads each distinct dataset config once per process."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._cache: dict[str, Any] = {}
+
+    def get(self, config: dict[str, Any]) -> Any:
+        key = dataset_key(config, self.registry)
+        if key not in self._cache:
+            entry = self.registry.get("dataset", config["dataset"]["name"])
+            self._cache[key] = entry.cls(entry.cls.Params(**config["dataset"]["params"])).load()
+        return self._cache[key]
+
+
+class Trainer:
+    """Trains one spec (what an executor calls for each job)."""
+
+    def __init__(self, registry: Registry, data: DataCache, device: str):
+        self.registry, self.data, self.device = registry, data, device
+
+    def __call__(self, spec: ModelSpec) -> Any:
+        from genbench.training import train_one
+
+        return train_one(spec, self.data.get(spec.config), self.registry, self.device)
+
+
+def measure_entries(suite: Suite, registry: Registry) -> list[tuple[Any, Any, dict]]:
+    """(entry, instance, key material) for each measure of the suite."""
+    out = []
+    for name, raw in suite.measures.items():
+        entry = registry.get("measure", name)
+        params = entry.cls.Params(**raw)
+        # A measure's stored value depends on its params and on the settings of what it needs.
+        needs = {n: suite.volume.get(n.split(":", 1)[1], {})
+                 for n in entry.cls.needs if n.startswith("volume:")}
+        material = {"kind": "measure", "name": name, "version": str(entry.cls.version),
+                    "params": params.model_dump(mode="json"), "needs": needs}
+        out.append((entry, entry.cls(params), material))
+    return out
+
+
+def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registry: Registry,
+                     device: str, progress: Progress, executor: str | None = None,
+                     data: DataCache | None = None) -> dict[str, int]:
+    """Train every spec the store lacks; store each model the moment it is trained."""
+    stored = {m["key"] for m in store.models()}
+    todo = [s for s in specs if s.key not in stored]
+    counts = {"trained": 0, "failed": 0}
+    if not todo:
+        return counts
+    ref = suite.executor if executor is None else type(suite.executor)(name=executor)
+    entry = registry.get("executor", ref.name)
+    runner = entry.cls(entry.cls.Params(**(ref.params if executor is None else {})))
+    advance = progress("train", len(todo))
+
+    def on_done(spec: ModelSpec, result: Any) -> None:
+        if isinstance(result, BaseException):
+            store.save_failure(spec, f"{type(result).__name__}: {result}")
+            counts["failed"] += 1
+        else:
+            store.save_model(spec, result.init_state, result.final_state, result.metrics,
+                             result.seconds)
+            counts["trained"] += 1
+        advance(_describe(spec))
+
+    runner.run(todo, Trainer(registry, data or DataCache(registry), device), on_done)
+    return counts
+
+
+def _describe(spec: ModelSpec) -> str:
+    names = short_names(list(spec.hparams))
+    return " ".join(f"{names[k]}={v}" for k, v in spec.hparams.items())[:60] or spec.key
+
+
+def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, registry: Registry,
+                       device: str, progress: Progress, data: DataCache | None = None) -> dict[str, int]:
+    """Compute every (model, measure) value the store lacks; store each as soon as it exists."""
+    from genbench.context import MeasureContext
+
+    data = data or DataCache(registry)
+    measures = measure_entries(suite, registry)
+    done = {m["key"]: m for m in store.models() if m["status"] == "done"}
+    work = []
+    for spec in specs:
+        if spec.key not in done:
+            continue
+        missing = [(e, inst, content_key({"model": spec.key, **mat}), mat)
+                   for e, inst, mat in measures]
+        missing = [m for m in missing if store.result(m[2]) is None]
+        if missing:
+            work.append((spec, missing))
+    counts = {"computed": 0, "reused": len(done.keys() & {s.key for s in specs}) * len(measures)}
+    total = sum(len(m) for _, m in work)
+    if not total:
+        return counts
+    advance = progress("measure", total)
+    settings = {"volume": suite.volume, "measures": suite.measures}
+    for spec, missing in work:
+        init, final = store.load_weights(spec.key)
+        ctx = MeasureContext(key=spec.key, hparams=spec.hparams, config=spec.config,
+                             data=data.get(spec.config), registry=registry, store=store,
+                             init_state=init, final_state=final, device=device, settings=settings)
+        for entry, inst, rkey, mat in missing:
+            t0 = time.perf_counter()
+            value, error = None, None
+            try:
+                value = float(inst.compute(ctx))
+                if not math.isfinite(value):
+                    error, value = f"non-finite value {value}", None
+            except Exception as exc:  # noqa: BLE001 - stored per model; the run goes on
+                error = f"{type(exc).__name__}: {exc}"
+            store.put_result(rkey, spec.key, "measure", entry.cls.name, mat["params"],
+                             entry.provenance, value=value, error=error,
+                             seconds=time.perf_counter() - t0)
+            counts["computed"] += 1
+            counts["reused"] -= 1
+            advance(entry.cls.name)
+    return counts
+
+
+def collect(store: Store, suite: Suite, specs_keys: list[str], registry: Registry | None = None,
+            ) -> list[dict[str, Any]]:
+    """One row per trained model of the suite: hparams, metrics and measure values (from the store)."""
+    names = list(suite.measures)
+    by_model: dict[str, dict[str, float | None]] = {}
+    for r in store.results(kind="measure", model_keys=specs_keys):
+        if r["name"] in names:
+            by_model.setdefault(r["model_key"], {})[r["name"]] = r["value"]
+    rows = []
+    for m in store.models(specs_keys):
+        if m["status"] != "done":
+            continue
+        met = m["metrics"]
+        rows.append({"key": m["key"], "hparams": m["hparams"], "seed": m["seed"],
+                     "train_loss": met["train_loss"], "test_loss": met["test_loss"],
+                     "train_acc": met["train_acc"], "test_acc": met["test_acc"],
+                     "gap": met["gap"], "acc_gap": met["acc_gap"], "epochs": met["epochs"],
+                     "measures": {n: by_model.get(m["key"], {}).get(n) for n in names}})
+    return rows
+
+
+def score_rows(rows: list[dict[str, Any]], suite: Suite, preset: str | None = None,
+               bootstrap: int | None = None) -> dict[str, Any]:
+    """Score every measure of the suite on the collected rows (see :mod:`genbench.scoring`)."""
+    import numpy as np
+
+    from genbench.scoring import score_population
+
+    measures = {n: np.array([r["measures"][n] if r["measures"][n] is not None else np.nan
+                             for r in rows], dtype=float) for n in suite.measures}
+    hparams = {h: np.array([r["hparams"].get(h) for r in rows], dtype=object)
+               for h in suite.hyperparameters()}
+    gaps = {"loss": np.array([r["gap"] for r in rows], dtype=float),
+            "acc": np.array([r["acc_gap"] for r in rows], dtype=float)}
+    return score_population(measures, gaps, hparams, condition_on=suite.condition_on(),
+                            against=suite.against(), preset=preset or suite.scoring.preset,
+                            max_omega=suite.scoring.max_omega,
+                            bootstrap=suite.scoring.bootstrap if bootstrap is None else bootstrap,
+                            seed=suite.scoring.seed)
+
+
+def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE,
+        device: str = "auto", executor: str | None = None, json_path: str | Path | None = None,
+        progress: Progress | None = None, registry: Registry | None = None) -> dict[str, Any]:
+    """Run a suite end to end and return the run JSON (see docs/concepts.md for its shape)."""
+    t0 = time.perf_counter()
+    registry = registry or get_registry()
+    suite = suite if isinstance(suite, Suite) else load_suite(suite, registry)
+    progress = progress or _quiet
+    device = resolve_device(device)
+    specs = expand(suite, registry)
+    keys = [s.key for s in specs]
+    with Store(store) as st:
+        run_id = st.start_run(suite.name, suite.model_dump(mode="json"), keys)
+        data = DataCache(registry)
+        trained = train_population(specs, suite, st, registry, device, progress, executor, data)
+        measured = measure_population(specs, suite, st, registry, device, progress, data)
+        rows = collect(st, suite, keys)
+        board = score_rows(rows, suite) if len(rows) >= 3 else None
+        failed = sum(1 for m in st.models(keys) if m["status"] == "failed")
+        summary = {"models": len(specs), "trained": trained["trained"],
+                   "reused": len(rows) - trained["trained"],
+                   "failed": failed, "measures_computed": measured["computed"],
+                   "measures_reused": measured["reused"],
+                   "seconds": round(time.perf_counter() - t0, 3)}
+        result = build_result(suite, str(st.root), summary, rows, board)
+        st.finish_run(run_id, summary)
+    if json_path is not None:
+        write_json(result, json_path)
+    return result
+
+
+def build_result(suite: Suite, store: str, summary: dict[str, Any], rows: list[dict[str, Any]],
+                 board: dict[str, Any] | None) -> dict[str, Any]:
+    return {"suite": suite.name, "store": store, "summary": summary,
+            "hyperparameters": short_names(suite.hyperparameters()),
+            "models": rows,
+            "scoring": {k: v for k, v in (board or {}).items() if k != "leaderboard"},
+            "leaderboard": (board or {}).get("leaderboard", {})}
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    import json
+
+    Path(path).write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+def leaderboard(store: str | Path = DEFAULT_STORE, suite: str | None = None,
+                preset: str | None = None, registry: Registry | None = None) -> dict[str, Any]:
+    """Re-score the last run in a store (of ``suite``, if given) from stored records alone."""
+    registry = registry or get_registry()
+    if not (Path(store) / "genbench.sqlite").exists():
+        raise FileNotFoundError(f"--store {store}: no genbench store there; run `genbench run` first")
+    with Store(store) as st:
+        last = st.last_run(suite)
+        if last is None:
+            raise LookupError(f"--store {store}: no run{' of ' + suite if suite else ''} recorded")
+        s = Suite(**last["suite_json"])
+        rows = collect(st, s, last["model_keys"])
+        board = score_rows(rows, s, preset=preset) if len(rows) >= 3 else None
+        return build_result(s, str(st.root), last["summary"] or {}, rows, board)
+

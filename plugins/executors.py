@@ -1,0 +1,27 @@
+"""Built-in executors: how a population's training jobs are run."""
+
+from __future__ import annotations
+
+import genbench
+from genbench.components import Executor
+
+
+class LocalExecutor(Executor):
+    """In-process, one job after another; each result is stored before the next starts."""
+
+    name = "local"
+    version = "1"
+
+    def run(self, jobs, train, on_done):
+        for job in jobs:
+            try:
+                result = train(job)
+            except Exception as exc:  # noqa: BLE001 - a failed model is recorded, the run goes on
+                on_done(job, exc)
+            else:
+                on_done(job, result)
+
+
+@genbench.hookimpl
+def register_executors(register):
+    register(LocalExecutor)
