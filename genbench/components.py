@@ -121,7 +121,9 @@ class Executor(Component):
     kind = "executor"
 
     def run(self, jobs: list[Any], train: Any, on_done: Any) -> None:
-        """Call ``on_done(job, result_or_exception)`` once per job, as each finishes."""
+        """Train ``jobs`` with ``train`` (a :class:`genbench.runner.Trainer`: ``groups(jobs)``,
+        ``train_group(group) -> [result or exception]``) and call ``on_done(job, result)``
+        once per job, in the calling process, as soon as each finishes."""
         raise NotImplementedError
 
 

@@ -52,15 +52,28 @@ class DataCache:
 
 
 class Trainer:
-    """Trains one spec (what an executor calls for each job)."""
+    """What an executor calls: splits jobs into groups and trains a group.
 
-    def __init__(self, registry: Registry, data: DataCache, device: str):
-        self.registry, self.data, self.device = registry, data, device
+    A group is a list of specs trained together (one stacked computation when
+    batching is on); ``train_group`` returns one result or exception per spec.
+    """
 
-    def __call__(self, spec: ModelSpec) -> Any:
+    def __init__(self, registry: Registry, data: DataCache, device: str, batching: bool = True):
+        self.registry, self.data, self.device, self.batching = registry, data, device, batching
+
+    def groups(self, jobs: list[ModelSpec]) -> list[list[ModelSpec]]:
+        return [[job] for job in jobs]
+
+    def train_group(self, group: list[ModelSpec]) -> list[Any]:
         from genbench.training import train_one
 
-        return train_one(spec, self.data.get(spec.config), self.registry, self.device)
+        results: list[Any] = []
+        for spec in group:
+            try:
+                results.append(train_one(spec, self.data.get(spec.config), self.registry, self.device))
+            except Exception as exc:  # noqa: BLE001 - a failed model is recorded, the run goes on
+                results.append(exc)
+        return results
 
 
 def measure_entries(suite: Suite, registry: Registry) -> list[tuple[Any, Any, dict]]:
@@ -80,7 +93,7 @@ def measure_entries(suite: Suite, registry: Registry) -> list[tuple[Any, Any, di
 
 def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registry: Registry,
                      device: str, progress: Progress, executor: str | None = None,
-                     data: DataCache | None = None) -> dict[str, int]:
+                     data: DataCache | None = None, batching: bool = True) -> dict[str, int]:
     """Train every spec the store lacks; store each model the moment it is trained."""
     stored = {m["key"] for m in store.models()}
     todo = [s for s in specs if s.key not in stored]
@@ -102,7 +115,7 @@ def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registr
             counts["trained"] += 1
         advance(_describe(spec))
 
-    runner.run(todo, Trainer(registry, data or DataCache(registry), device), on_done)
+    runner.run(todo, Trainer(registry, data or DataCache(registry), device, batching), on_done)
     return counts
 
 
@@ -200,7 +213,8 @@ def score_rows(rows: list[dict[str, Any]], suite: Suite, preset: str | None = No
 
 def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE,
         device: str = "auto", executor: str | None = None, json_path: str | Path | None = None,
-        progress: Progress | None = None, registry: Registry | None = None) -> dict[str, Any]:
+        progress: Progress | None = None, registry: Registry | None = None,
+        batching: bool = True) -> dict[str, Any]:
     """Run a suite end to end and return the run JSON (see docs/concepts.md for its shape)."""
     t0 = time.perf_counter()
     registry = registry or get_registry()
@@ -212,7 +226,8 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
     with Store(store) as st:
         run_id = st.start_run(suite.name, suite.model_dump(mode="json"), keys)
         data = DataCache(registry)
-        trained = train_population(specs, suite, st, registry, device, progress, executor, data)
+        trained = train_population(specs, suite, st, registry, device, progress, executor, data,
+                                   batching)
         measured = measure_population(specs, suite, st, registry, device, progress, data)
         rows = collect(st, suite, keys)
         board = score_rows(rows, suite) if len(rows) >= 3 else None

@@ -38,6 +38,14 @@ class ComponentRef(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class TrackVolume(Strict):
+    """Record a weight-volume estimate during training (the paper's Figure 2)."""
+
+    estimator: str = "laplace"
+    every: int = Field(1, ge=1, description="estimate after every N epochs")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class TrainRecipe(Strict):
     """How every model of the population is trained (the grid may override any field)."""
 
@@ -50,6 +58,7 @@ class TrainRecipe(Strict):
     lr_halve_every: int | None = Field(None, ge=1, description="halve the lr every N epochs")
     stop_train_loss: float | None = Field(None, gt=0, description="stop once train loss <= this")
     stop_train_acc: float | None = Field(None, gt=0, le=1, description="stop once train acc >= this")
+    track_volume: TrackVolume | None = None
 
 
 class Scoring(Strict):
@@ -274,6 +283,10 @@ def validate(data: dict[str, Any], registry: Any | None = None) -> Suite:
             _check_component(registry, "regularizer", name, params, f"regularizers.{name}", local)
         for name, params in cfg["measures"].items():
             _check_component(registry, "measure", name, params, f"measures.{name}", local)
+        tv = cfg["train"].get("track_volume")
+        if isinstance(tv, dict) and isinstance(tv.get("estimator"), str):
+            _check_component(registry, "volume_estimator", tv["estimator"], tv.get("params", {}),
+                             "train.track_volume", local)
         for name, params in cfg["volume"].items():
             _check_component(registry, "volume_estimator", name, params, f"volume.{name}", local)
         for line in local:

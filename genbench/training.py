@@ -116,6 +116,9 @@ def train_one(spec: Any, data: DataBundle, registry: Registry, device: str | tor
     t0 = time.perf_counter()
     recipe = spec.recipe
     data = data.to(device)
+    callbacks = list(callbacks or [])
+    if recipe.track_volume is not None:
+        callbacks.append(volume_tracker(registry, spec.config, data, recipe, device))
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(spec.seed)
@@ -147,7 +150,7 @@ def train_one(spec: Any, data: DataBundle, registry: Registry, device: str | tor
             train_loss, train_acc = evaluate(model, data.train_x, data.train_y)
             entry: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
                                      "train_acc": train_acc}
-            for cb in callbacks or []:
+            for cb in callbacks:
                 entry.update(cb(epoch, model) or {})
             history.append(entry)
             if stop_reached(recipe, train_loss, train_acc):
@@ -155,6 +158,28 @@ def train_one(spec: Any, data: DataBundle, registry: Registry, device: str | tor
         metrics = final_metrics(model, data, epoch, history)
     final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return TrainResult(init_state, final_state, metrics, time.perf_counter() - t0)
+
+
+def volume_tracker(registry: Registry, config: dict[str, Any], data: DataBundle,
+                   recipe: TrainRecipe, device: str | torch.device) -> EpochCallback:
+    """An epoch callback recording the weight volume every ``track_volume.every`` epochs
+    (on a copy of the model, under its own RNG, so training is unaffected)."""
+    tv = recipe.track_volume
+    entry = registry.get("volume_estimator", tv.estimator)
+    estimator = entry.cls(entry.cls.Params(**tv.params))
+
+    def record(epoch: int, model: nn.Module) -> dict[str, Any] | None:
+        if epoch % tv.every:
+            return None
+        copy = load_trained(registry, config, data, model.state_dict(), device)
+        with torch.random.fork_rng(devices=[torch.device(device)]
+                                   if torch.device(device).type == "cuda" else []):
+            torch.manual_seed(epoch)
+            est = estimator.estimate(copy, data, loss_fn=F.cross_entropy, device=device)
+        return {"volume": {"estimator": tv.estimator, "vol_per_dim_mean": est["vol_per_dim_mean"],
+                           "log_vol_sum": est["log_vol_sum"]}}
+
+    return record
 
 
 def load_trained(registry: Registry, config: dict[str, Any], data: DataBundle,

@@ -13,12 +13,8 @@ class LocalExecutor(Executor):
     version = "1"
 
     def run(self, jobs, train, on_done):
-        for job in jobs:
-            try:
-                result = train(job)
-            except Exception as exc:  # noqa: BLE001 - a failed model is recorded, the run goes on
-                on_done(job, exc)
-            else:
+        for group in train.groups(jobs):
+            for job, result in zip(group, train.train_group(group)):
                 on_done(job, result)
 
 
