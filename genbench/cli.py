@@ -1,0 +1,189 @@
+"""The `genbench` command line. Heavy imports (torch) happen inside commands only,
+so `genbench --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+                  help="Benchmark generalization measures on populations of trained networks.")
+console = Console()
+err = Console(stderr=True)
+
+STORE = Annotated[Path, typer.Option("--store", help="store directory (SQLite + safetensors)")]
+DEFAULT_STORE = Path(".genbench")
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OnOff(str, Enum):
+    on = "on"
+    off = "off"
+
+
+def fail(lines: str | list[str], code: int = 2) -> None:
+    """Print one line per problem (no traceback) and exit."""
+    for line in [lines] if isinstance(lines, str) else lines:
+        err.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def friendly_errors():
+    """Turn expected user errors into one-line messages."""
+    from genbench.plugins import PluginError
+    from genbench.suite import SuiteError
+
+    try:
+        yield
+    except SuiteError as exc:
+        fail(exc.problems)
+    except (PluginError, FileNotFoundError, LookupError, ValueError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def rich_progress():
+    """A progress callback for genbench.runner.run drawing one bar per stage."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bars = Progress(TextColumn("[bold]{task.fields[stage]:<8}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.description}"), console=err,
+                    transient=False)
+
+    def progress(stage: str, total: int):
+        if not bars.live.is_started:
+            bars.start()
+        task = bars.add_task("", total=total, stage=stage)
+
+        def advance(description: str) -> None:
+            bars.update(task, advance=1, description=description)
+
+        return advance
+
+    return bars, progress
+
+
+def show_leaderboard(result: dict[str, Any], sort: str | None, markdown: Path | None) -> None:
+    from genbench.leaderboard import rich_table, to_markdown
+
+    board = {**result.get("scoring", {}), "leaderboard": result["leaderboard"]}
+    if not result["leaderboard"]:
+        err.print("No leaderboard: fewer than 3 trained models.")
+        return
+    console.print(rich_table(board, sort_by=sort, title=f"{result['suite']}: "
+                             f"{board.get('n_models', len(result['models']))} models"))
+    if markdown is not None:
+        markdown.write_text(to_markdown(board, sort_by=sort))
+
+
+@app.command()
+def run(
+    suite: Annotated[str, typer.Argument(help="suite file or registry name")] = "default",
+    store: STORE = DEFAULT_STORE,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the run JSON here")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="write the leaderboard as Markdown")] = None,
+    device: Annotated[Device, typer.Option(help="where to train and measure")] = Device.auto,
+    executor: Annotated[Optional[str], typer.Option(help="executor plugin (default: the suite's)")] = None,
+    address: Annotated[Optional[str], typer.Option(help="cluster address for the ray executor")] = None,
+    batching: Annotated[OnOff, typer.Option(help="train same-shape models as one stacked computation")] = OnOff.on,
+    sort: Annotated[Optional[str], typer.Option(help="sort the leaderboard by this column")] = None,
+) -> None:
+    """Train a suite's population, compute every measure, score them, show the leaderboard."""
+    from genbench import runner
+
+    with friendly_errors():
+        from genbench.plugins import get_registry
+        from genbench.suite import load_suite
+
+        registry = get_registry()
+        spec = load_suite(suite, registry)  # every problem is reported before any work starts
+        bars, progress = rich_progress()
+        extra = {"executor_params": {"address": address}} if address else {}
+        try:
+            result = runner.run(spec, store=store, device=device.value, executor=executor,
+                                json_path=json_path, progress=progress, registry=registry,
+                                batching=batching is OnOff.on, **extra)
+        finally:
+            if bars.live.is_started:
+                bars.stop()
+        s = result["summary"]
+        err.print(f"{s['models']} models: {s['trained']} trained, {s['reused']} reused, "
+                  f"{s['failed']} failed; measures: {s['measures_computed']} computed, "
+                  f"{s['measures_reused']} reused; {s['seconds']:.1f} s; store: {result['store']}")
+        show_leaderboard(result, sort, markdown)
+
+
+@app.command()
+def validate(suite: Annotated[str, typer.Argument(help="suite file or registry name")]) -> None:
+    """Check a suite completely (schema, components, params, grid) without running anything."""
+    with friendly_errors():
+        from genbench.plugins import get_registry
+        from genbench.population import expand
+        from genbench.suite import load_suite
+
+        registry = get_registry()
+        s = load_suite(suite, registry)
+        n = len(expand(s, registry))
+        console.print(f"[green]ok[/green] {s.name}: {n} models, measures: {', '.join(s.measures)}")
+
+
+@app.command()
+def leaderboard(
+    store: STORE = DEFAULT_STORE,
+    suite: Annotated[Optional[str], typer.Option(help="suite name (default: the last run)")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="scoring preset (default: the suite's)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the leaderboard JSON")] = False,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="write Markdown here")] = None,
+    sort: Annotated[Optional[str], typer.Option(help="sort by this column")] = None,
+) -> None:
+    """Re-render the leaderboard of the last run in a store, from stored records alone."""
+    from genbench import runner
+
+    with friendly_errors():
+        result = runner.leaderboard(store, suite=suite, preset=preset)
+        if json_out:
+            typer.echo(json.dumps(result, indent=2, default=str))
+        else:
+            show_leaderboard(result, sort, markdown)
+
+
+@app.command()
+def plugins(json_out: Annotated[bool, typer.Option("--json", help="print as JSON")] = False) -> None:
+    """List every plugin, its version and its components; failed plugins with their error."""
+    from genbench.plugins import get_registry
+
+    registry = get_registry()
+    rows = [{"name": p.name, "version": p.version, "builtin": p.builtin,
+             "components": p.components, "error": p.error} for p in registry.plugins.values()]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="genbench plugins")
+    for col in ("plugin", "version", "source", "components / error"):
+        table.add_column(col)
+    for r in rows:
+        what = f"[red]FAILED: {r['error']}[/red]" if r["error"] else ", ".join(r["components"])
+        table.add_row(r["name"], r["version"], "built-in" if r["builtin"] else "third-party", what)
+    console.print(table)
+
+
+def main() -> None:  # console-script entry point
+    app(prog_name="genbench")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
