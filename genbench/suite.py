@@ -245,19 +245,24 @@ def validate(data: dict[str, Any], registry: Any | None = None) -> Suite:
         from genbench.plugins import get_registry
 
         registry = get_registry()
+    problems: list[str] = []
     try:
         suite = Suite(**data)
     except ValidationError as exc:
-        raise SuiteError(_pydantic_problems(exc)) from None
-
-    problems: list[str] = []
+        # Keep going without the broken sections, so component problems are reported too.
+        problems = _pydantic_problems(exc)
+        broken = {err["loc"][0] for err in exc.errors() if err["loc"]}
+        try:
+            suite = Suite(**{k: v for k, v in data.items() if k not in broken})
+        except ValidationError:
+            raise SuiteError(problems) from None
     for key in suite.hyperparameters():
         parts = split_key(key)
         if parts[0] not in ("model", "dataset", "train", "regularizers") or len(parts) < 2 \
                 or (parts[0] == "regularizers" and len(parts) != 3):
             problems.append(f"grid.{key}: a grid key is a dotted path: model.<param>, "
                             "dataset.<param>, train.<field> or regularizers.<name>.<param>")
-    if problems:
+    if any(p.startswith("grid.") for p in problems):
         raise SuiteError(problems)
 
     base = suite.model_dump(include=set(SECTIONS))

@@ -1,0 +1,727 @@
+"""Score generalization measures against a population of trained models.
+
+Every score here is a statistic of *pairs* of models (paper Appendix K.1; Jiang et al.
+2019; Dziugaite et al. 2020). With n models there are n(n-1) ordered pairs, so a
+loop over pairs is hopeless at the population sizes a benchmark wants. Everything
+below is built on one counting engine, :func:`pair_counts`, which returns, for many
+groups of models at once, the numbers of concordant, discordant and tied unordered
+pairs in O(N log^2 N) numpy work (N = total elements over all groups) and no
+Python loop over pairs or cells. Every score is a closed-form function of those
+counts, because counting both orientations of every pair makes the joint sign
+table symmetric: (+,+) and (-,-) both occur C times, (+,-) and (-,+) both D times.
+
+Conventions (docs/scoring.md states them in full):
+
+* sign(x) with a tolerance for the gap: a pair is *tied in the gap* when
+  |gap_i - gap_j| <= gap_tol (evaluated as ``gap_j <= gap_i + gap_tol`` for
+  gap_i <= gap_j); ties in the measure and in hyperparameters are exact.
+* ``tie_rule`` says what a tied pair (sign 0 on either side) does:
+  ``"category"`` - sign 0 is a third value of V (3x3 table), Kendall's tau is tau-b,
+  a tied pair costs 1/2 in the sign-error; ``"drop"`` - the pair is removed from
+  every score; ``"lump"`` - MI uses the binary variable [difference > 0] (the PGDL
+  scoring program's rule: a tie counts as "not greater"); tau and sign-error then
+  treat ties as ``"category"`` does.
+* Conditional MI uses only pairs whose two models share every hyperparameter
+  of omega (one "cell" per combination of values), reduced over cells by
+  ``cell_reduce`` and over the subsets omega of each size by both the mean
+  (``mi``) and the minimum (``mi_min``).
+
+This module imports numpy only (never torch) so that scoring a stored population
+is instant and works on any machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ScoreOptions", "PRESETS", "resolve_options", "score_population", "pair_counts",
+           "PairCounts", "score_paths"]
+
+_GAPS = ("loss", "acc")
+_TIE_RULES = ("category", "drop", "lump")
+_CELL_REDUCE = ("mean", "pool", "pool_unweighted")
+_REDUCE = ("mean", "min")
+_PAIR_WEIGHT = ("none", "hoeffding")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Every convention that changes a score, explicit so that a number can be
+    reproduced (published tables used different ones; see docs/scoring.md)."""
+
+    gap: str = "loss"               # which generalization gap: "loss" (test - train loss) or "acc" (train - test acc)
+    normalize: bool = True          # divide I(V_co; V_pa | U) by H(V_pa | U)
+    log_base: float = 2.0           # unit of unnormalized MI (2 = bits); irrelevant when normalized
+    tie_rule: str = "category"      # "category" | "drop" | "lump" (module docstring)
+    gap_tol: float = 0.0            # |delta gap| <= gap_tol counts as a tie in the gap
+    cell_reduce: str = "pool"       # over cells of one omega: "pool" (p(cell)-weighted, Jiang's
+                                    # conditional MI), "mean" (mean of per-cell scores, the paper's),
+                                    # "pool_unweighted" (mean I / mean H, the PGDL scoring program's)
+    reduce: str = "mean"            # the subset reduction the preset's published table used; both
+                                    # "mi" (mean) and "mi_min" (minimum) are always reported
+    ci_level: float = 0.95          # bootstrap percentile interval level
+    pair_weight: str = "none"       # sign-error pair weights: "none" | "hoeffding" (Dziugaite et al.)
+    n_test: int = 10000             # test-set size behind the Hoeffding weight
+    weight_shift: float = 0.5       # Dziugaite's weight is (hoeffding - weight_shift)_+
+    min_ess: float = 0.0            # drop sign-error environments with effective sample size below this
+
+    def __post_init__(self) -> None:
+        checks = [("gap", self.gap, _GAPS), ("tie_rule", self.tie_rule, _TIE_RULES),
+                  ("cell_reduce", self.cell_reduce, _CELL_REDUCE), ("reduce", self.reduce, _REDUCE),
+                  ("pair_weight", self.pair_weight, _PAIR_WEIGHT)]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"ScoreOptions.{name}={value!r}: choose one of {list(allowed)}")
+        if not (self.log_base > 0 and self.log_base != 1):
+            raise ValueError(f"ScoreOptions.log_base={self.log_base!r} must be > 0 and != 1")
+        if not self.gap_tol >= 0:
+            raise ValueError(f"ScoreOptions.gap_tol={self.gap_tol!r} must be >= 0")
+        if not 0 < self.ci_level < 1:
+            raise ValueError(f"ScoreOptions.ci_level={self.ci_level!r} must be in (0, 1)")
+        if self.n_test < 1 or self.min_ess < 0 or not 0 <= self.weight_shift < 1:
+            raise ValueError("ScoreOptions: need n_test >= 1, min_ess >= 0, 0 <= weight_shift < 1")
+
+
+#: Named presets over the one implementation (docs/scoring.md says which table each matches).
+PRESETS: dict[str, ScoreOptions] = {
+    # Jin et al. 2022, Tables 2/12/14: unnormalized MI in bits; pairs tied in the measure or
+    # with |delta GG| <= 1e-4 dropped; mean over cells, then mean over subsets; loss gap.
+    "paper": ScoreOptions(gap="loss", normalize=False, log_base=2.0, tie_rule="drop",
+                          gap_tol=1e-4, cell_reduce="mean", reduce="mean"),
+    # Jiang et al. 2019 (Fantastic generalization measures): normalized conditional MI
+    # I(V;V_g|U_S)/H(V_g|U_S) pooled over cells with weight p(cell), minimum over subsets;
+    # the gap is the 0-1 error gap.
+    "jiang": ScoreOptions(gap="acc", normalize=True, log_base=2.0, tie_rule="category",
+                          gap_tol=0.0, cell_reduce="pool", reduce="min"),
+    # NeurIPS 2020 PGDL competition: normalized conditional MI at |S| = 2, minimum over
+    # subsets, accuracy gap, binary "greater / not greater" signs, mean I over cells
+    # divided by mean H over cells.
+    "pgdl": ScoreOptions(gap="acc", normalize=True, log_base=2.0, tie_rule="lump",
+                         gap_tol=0.0, cell_reduce="pool_unweighted", reduce="min"),
+}
+
+
+def resolve_options(preset: str = "paper", **overrides: Any) -> ScoreOptions:
+    """The preset with explicit overrides applied; unknown names fail loudly."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown scoring preset {preset!r}; choose one of {sorted(PRESETS)}")
+    valid = {f.name for f in fields(ScoreOptions)}
+    bad = sorted(set(overrides) - valid)
+    if bad:
+        raise TypeError(f"unknown scoring option(s) {bad}; valid options: {sorted(valid)}")
+    return replace(PRESETS[preset], **overrides)
+
+
+# ---------------------------------------------------------------------------------------
+# Pair-counting engine
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class PairCounts:
+    """Unordered-pair counts per group (float64 arrays, exact below 2**53).
+
+    P: pairs; tx: tied in x; ty: tied in y (within tolerance); tb: tied in both;
+    C: x and y strictly ordered the same way; D: ordered opposite ways.
+    Every pair is exactly one of C, D, (tx - tb), (ty - tb), tb.
+    """
+
+    P: np.ndarray
+    tx: np.ndarray
+    ty: np.ndarray
+    tb: np.ndarray
+    C: np.ndarray
+    D: np.ndarray
+
+    def __getitem__(self, sl: slice) -> PairCounts:
+        return PairCounts(self.P[sl], self.tx[sl], self.ty[sl], self.tb[sl], self.C[sl], self.D[sl])
+
+
+def _union_ranks(keys: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ranks of the pairs (key, a_i) and (key, b_i) in their joint lexicographic order.
+
+    Ranking a and a+tol together turns the float test ``a_j > a_i + tol`` into an exact
+    integer comparison, and putting the group key first makes elements of different
+    groups never compare as "greater" across the boundary in the wrong direction.
+    """
+    n = a.size
+    kk = np.concatenate([keys, keys])
+    vv = np.concatenate([a, b])
+    o = np.lexsort((vv, kk))
+    ks, vs = kk[o], vv[o]
+    new = np.empty(2 * n, dtype=bool)
+    new[:1] = True
+    new[1:] = (ks[1:] != ks[:-1]) | (vs[1:] != vs[:-1])
+    r = np.empty(2 * n, dtype=np.int64)
+    r[o] = np.cumsum(new) - 1
+    return r[:n], r[n:]
+
+
+def _count_earlier_greater(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """For every position k, the number of earlier positions l < k with x[l] > q[k].
+
+    Bottom-up merge sort: at each level, the left half of every block is sorted, so one
+    global searchsorted (block index folded into the key) answers all right-half queries
+    at once. O(N log^2 N) numpy work, log2(N) Python iterations, no loop over pairs.
+    """
+    n = x.size
+    out = np.zeros(n, dtype=np.int64)
+    if n < 2:
+        return out
+    R = int(max(x.max(), q.max())) + 1
+    vals = x.astype(np.int64)
+    idx = np.arange(n, dtype=np.int64)
+    pos = np.arange(n, dtype=np.int64)
+    w = 1
+    while w < n:
+        blk = pos // (2 * w)
+        left = (pos - blk * 2 * w) < w
+        key = blk * R + vals
+        lkeys = key[left]                       # sorted: blocks in order, each left half sorted
+        right = ~left
+        rb = blk[right]
+        ri = idx[right]
+        lo = np.searchsorted(lkeys, rb * R + q[ri], side="right")
+        out[ri] += (rb + 1) * w - lo            # every block before rb+1 has a full left half
+        order = np.argsort(key, kind="stable")  # timsort: merges the two sorted runs per block
+        vals = vals[order]
+        idx = idx[order]
+        w *= 2
+    return out
+
+
+def _close_pairs(keys: np.ndarray, vals: np.ndarray, tol: np.ndarray, n_keys: int) -> np.ndarray:
+    """Per key: unordered pairs with equal key and |vals_i - vals_j| <= tol (per element)."""
+    out = np.zeros(n_keys, dtype=np.float64)
+    if vals.size < 2:
+        return out
+    o = np.lexsort((vals, keys))
+    ks, vs, ts = keys[o], vals[o], tol[o]
+    # exact ties: runs of equal (key, val)
+    new = np.empty(vs.size, dtype=bool)
+    new[:1] = True
+    new[1:] = (ks[1:] != ks[:-1]) | (vs[1:] != vs[:-1])
+    run = np.cumsum(new) - 1
+    t = np.bincount(run).astype(np.float64)
+    out += np.bincount(ks[new], weights=t * (t - 1) / 2, minlength=n_keys)
+    if np.any(ts > 0):
+        rv, rq = _union_ranks(ks, vs, vs + ts)
+        # rv is sorted (rows are sorted by (key, val)); count j with val_i < val_j <= val_i + tol
+        cnt = np.searchsorted(rv, rq, side="right") - np.searchsorted(rv, rv, side="right")
+        out += np.bincount(ks, weights=cnt.astype(np.float64), minlength=n_keys)
+    return out
+
+
+def pair_counts(grp: np.ndarray, x: np.ndarray, y: np.ndarray, n_groups: int,
+                tol: np.ndarray | float = 0.0) -> PairCounts:
+    """Concordant / discordant / tied unordered pairs within every group, all groups at once.
+
+    grp: group id per element (0 <= grp < n_groups); x: the measure; y: the target (gap
+    or hyperparameter); tol: tie tolerance on y (scalar or per element). A pair (i, j)
+    with x_i < x_j is concordant when y_j > y_i + tol and discordant when
+    y_i > y_j + tol. Elements of different groups are never paired.
+    """
+    grp = np.asarray(grp, dtype=np.int64)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), y.shape)
+    size = np.bincount(grp, minlength=n_groups).astype(np.float64)
+    P = size * (size - 1) / 2
+    zeros = np.zeros(n_groups, dtype=np.float64)
+    if grp.size < 2:
+        return PairCounts(P, zeros, zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy())
+    o = np.lexsort((y, x, grp))
+    gs, xs, ys, ts = grp[o], x[o], y[o], tol[o]
+    newx = np.empty(gs.size, dtype=bool)
+    newx[:1] = True
+    newx[1:] = (gs[1:] != gs[:-1]) | (xs[1:] != xs[:-1])
+    xid = np.cumsum(newx) - 1                   # id of the (group, x) tie block
+    t = np.bincount(xid).astype(np.float64)
+    tx = np.bincount(gs[newx], weights=t * (t - 1) / 2, minlength=n_groups)
+    ty = _close_pairs(gs, ys, ts, n_groups)
+    tb_x = _close_pairs(xid, ys, ts, int(xid[-1]) + 1)
+    tb = np.bincount(gs[newx], weights=tb_x, minlength=n_groups)
+    # In (group, x, y) order, an earlier element l pairs with k as discordant iff
+    # y_l > y_k + tol (ties in x are sorted by y, so they never qualify).
+    ry, rq = _union_ranks(gs, ys, ys + ts)
+    dis = _count_earlier_greater(ry, rq)
+    D = np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
+    C = P - tx - ty + tb - D
+    return PairCounts(P, tx, ty, tb, C, D)
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics from counts
+# ---------------------------------------------------------------------------------------
+
+def _joint_tables(c: PairCounts, tie_rule: str) -> np.ndarray:
+    """Ordered-pair joint table of (V_x, V_y) per group, shape (G, k, k).
+
+    Both orientations of every pair are counted, which is what makes the table a closed
+    form of the unordered counts (rows/cols ordered -, 0, +; or not-greater, greater).
+    """
+    G = c.P.size
+    if tie_rule == "lump":
+        J = np.empty((G, 2, 2))
+        J[:, 1, 1] = c.C
+        J[:, 1, 0] = c.D + (c.ty - c.tb)
+        J[:, 0, 1] = c.D + (c.tx - c.tb)
+        J[:, 0, 0] = c.C + (c.tx - c.tb) + (c.ty - c.tb) + 2 * c.tb
+        return J
+    J = np.zeros((G, 3, 3))
+    J[:, 2, 2] = J[:, 0, 0] = c.C
+    J[:, 2, 0] = J[:, 0, 2] = c.D
+    if tie_rule == "category":
+        J[:, 1, 2] = J[:, 1, 0] = c.tx - c.tb
+        J[:, 2, 1] = J[:, 0, 1] = c.ty - c.tb
+        J[:, 1, 1] = 2 * c.tb
+    return J
+
+
+def _mi_from_tables(J: np.ndarray, log_base: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(I(V_x; V_y), H(V_y), number of ordered pairs) per table; 0 log 0 = 0."""
+    W = J.sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = J / W[:, None, None]
+        px = p.sum(axis=2, keepdims=True)
+        py = p.sum(axis=1, keepdims=True)
+        terms = np.where(p > 0, p * np.log(p / (px * py)), 0.0)
+        hy = np.where(py > 0, -py * np.log(py), 0.0)
+    scale = math.log(log_base)
+    I = np.where(W > 0, terms.sum(axis=(1, 2)), np.nan) / scale
+    H = np.where(W > 0, hy.sum(axis=(1, 2)), np.nan) / scale
+    return np.maximum(I, 0.0), H, W
+
+
+def _tau(c: PairCounts, tie_rule: str) -> np.ndarray:
+    """Kendall's tau per group: tau-b, or (C-D)/(C+D) when tied pairs are dropped."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if tie_rule == "drop":
+            den = c.C + c.D
+        else:
+            den = np.sqrt((c.P - c.tx) * (c.P - c.ty))
+        return np.where(den > 0, (c.C - c.D) / den, np.nan)
+
+
+def _reduce_cells(I: np.ndarray, H: np.ndarray, W: np.ndarray, cells: np.ndarray, n_sub: int,
+                  opts: ScoreOptions) -> np.ndarray:
+    """One value per subset from its cells (cells[g] = subset index of group g)."""
+    ok = W > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if opts.cell_reduce == "mean":
+            if opts.normalize:
+                ok &= H > 0
+                v = np.where(ok, I / np.where(ok, H, 1.0), 0.0)
+            else:
+                v = np.where(ok, I, 0.0)
+            num = np.bincount(cells, weights=v, minlength=n_sub)
+            den = np.bincount(cells, weights=ok.astype(float), minlength=n_sub)
+            return np.where(den > 0, num / den, np.nan)
+        w = np.where(ok, W, 0.0) if opts.cell_reduce == "pool" else ok.astype(float)
+        Iz = np.where(ok, I, 0.0)
+        Hz = np.where(ok, H, 0.0)
+        num = np.bincount(cells, weights=w * Iz, minlength=n_sub)
+        hden = np.bincount(cells, weights=w * Hz, minlength=n_sub)
+        wsum = np.bincount(cells, weights=w, minlength=n_sub)
+        if opts.normalize:
+            return np.where(hden > 0, num / hden, np.nan)
+        return np.where(wsum > 0, num / wsum, np.nan)
+
+
+def _hoeffding_weight(dgap: np.ndarray, n_test: int, shift: float) -> np.ndarray:
+    """Dziugaite et al. 2020's pair weight: how surely two gaps measured on n_test samples
+    really differ, (max(0, 1 - 2 exp(-n_test dgap^2 / 2))^2 - shift)_+ (their code)."""
+    h = np.maximum(0.0, 1.0 - 2.0 * np.exp(-2.0 * n_test * (np.abs(dgap) / 2.0) ** 2)) ** 2
+    return np.maximum(h - shift, 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Population structure
+# ---------------------------------------------------------------------------------------
+
+def _order_key(v: Any) -> tuple:
+    if isinstance(v, (bool, np.bool_, numbers.Real)) and not (isinstance(v, float) and math.isnan(v)):
+        return (0, float(v), "")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return (2, 0.0, "")
+    return (1, 0.0, str(v))
+
+
+def _encode(values: Any, n: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, sign values) of a hyperparameter column.
+
+    codes: 0..k-1 in the column's order, used for cells (None/NaN is its own level).
+    sign values: what V_hp = sign(hp_i - hp_j) compares: the number itself when the
+    column is numeric, else the code (numbers < strings, strings sorted); NaN where
+    the value is missing, so MI with this hyperparameter skips that model.
+    """
+    arr = np.asarray(values)
+    if arr.shape != (n,):
+        raise ValueError(f"hparams[{name!r}] has shape {arr.shape}, expected ({n},)")
+    if arr.dtype.kind in "biuf":
+        f = arr.astype(np.float64)
+        _, codes = np.unique(f, return_inverse=True)   # NaNs collapse to one (last) level
+        return codes.reshape(-1).astype(np.int64), f
+    items = [None if (isinstance(v, float) and math.isnan(v)) else
+             (v.item() if isinstance(v, np.generic) else v) for v in arr.tolist()]
+    uniq = sorted(set(items), key=_order_key)
+    index = {v: i for i, v in enumerate(uniq)}
+    codes = np.fromiter((index[v] for v in items), dtype=np.int64, count=n)
+    numeric = all(_order_key(v)[0] in (0, 2) for v in uniq)
+    if numeric:
+        sv = np.array([np.nan if v is None else float(v) for v in items], dtype=np.float64)
+    else:
+        sv = np.where(np.array([v is None for v in items]), np.nan, codes.astype(np.float64))
+    return codes, sv
+
+
+def _cell_ids(codes: np.ndarray, cols: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """Cell id per model for the combination of the given hyperparameter columns."""
+    n = codes.shape[0]
+    if not cols:
+        return np.zeros(n, dtype=np.int64), 1
+    _, inv = np.unique(codes[:, list(cols)], axis=0, return_inverse=True)
+    inv = inv.reshape(-1).astype(np.int64)
+    return inv, int(inv.max()) + 1 if n else 0
+
+
+def _expand(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated ranges [starts[k], starts[k] + lengths[k]) and the k of each entry."""
+    lengths = lengths.astype(np.int64)
+    total = int(lengths.sum())
+    owner = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths)
+    first = np.cumsum(lengths) - lengths
+    return starts.astype(np.int64)[owner] + (np.arange(total, dtype=np.int64) - first[owner]), owner
+
+
+@dataclass
+class _Structure:
+    """Everything about the population that does not depend on a measure."""
+
+    n: int
+    subsets: list[tuple[str, ...]]            # every omega, sizes 0..max
+    subset_cells: list[tuple[np.ndarray, int]]
+    gran_hps: list[str]                       # hyperparameters of the granulated tau / environments
+    gran_cells: list[tuple[np.ndarray, int]]  # cell per model with all hps but one fixed
+    gran_codes: list[np.ndarray]              # code of the varied hp per model
+    setting: np.ndarray                       # full setting id per model
+    n_settings: int
+    env_a: np.ndarray                         # environments: pairs of settings differing in one hp
+    env_b: np.ndarray
+    against: list[str]
+    against_vals: list[np.ndarray]
+
+
+def _structure(n: int, hparams: dict[str, Any], condition_on: list[str], against: list[str],
+               max_omega: int) -> _Structure:
+    names = list(dict.fromkeys(list(condition_on) + list(against)))
+    missing = [h for h in names if h not in hparams]
+    if missing:
+        raise KeyError(f"hyperparameter(s) {missing} not in hparams (have {sorted(hparams)})")
+    enc = {h: _encode(hparams[h], n, h) for h in names}
+    codes = (np.stack([enc[h][0] for h in names], axis=1) if names
+             else np.zeros((n, 0), dtype=np.int64))
+    col = {h: i for i, h in enumerate(names)}
+    subsets: list[tuple[str, ...]] = []
+    for k in range(0, min(max_omega, len(condition_on)) + 1):
+        subsets.extend(itertools.combinations(list(dict.fromkeys(condition_on)), k))
+    subset_cells = [_cell_ids(codes, tuple(col[h] for h in s)) for s in subsets]
+    gran_cells = [_cell_ids(codes, tuple(i for i in range(len(names)) if i != col[h])) for h in names]
+    gran_codes = [codes[:, col[h]] for h in names]
+    setting, n_settings = _cell_ids(codes, tuple(range(len(names))))
+    # Environments: settings that differ in exactly one hyperparameter. For hp k, group the
+    # settings by everything else; every pair of settings inside a group is an environment.
+    ea, eb = [], []
+    if names and n:
+        first = np.zeros(n_settings, dtype=np.int64)
+        first[setting[::-1]] = np.arange(n)[::-1]     # a representative model per setting
+        scodes = codes[first]
+        for k in range(len(names)):
+            others = [i for i in range(len(names)) if i != k]
+            if others:
+                _, grp = np.unique(scodes[:, others], axis=0, return_inverse=True)
+                grp = grp.reshape(-1)
+            else:
+                grp = np.zeros(n_settings, dtype=np.int64)
+            o = np.argsort(grp, kind="stable")
+            gs = grp[o]
+            sizes = np.bincount(gs)
+            starts = np.cumsum(sizes) - sizes
+            # position r inside its group pairs with the later positions r+1..m-1
+            rank = np.arange(o.size) - starts[gs]
+            later = sizes[gs] - rank - 1
+            partner, owner = _expand(np.arange(o.size) + 1, later)
+            ea.append(o[owner])
+            eb.append(o[partner])
+    env_a = np.concatenate(ea) if ea else np.zeros(0, dtype=np.int64)
+    env_b = np.concatenate(eb) if eb else np.zeros(0, dtype=np.int64)
+    return _Structure(n, subsets, subset_cells, names, gran_cells, gran_codes, setting, n_settings,
+                      env_a, env_b, list(against), [enc[h][1] for h in against])
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------
+
+def score_paths(max_k: int, against: list[str]) -> list[str]:
+    """The flat score paths ("mi.0", "mi_hparam.dropout", ...) in report order."""
+    ks = [str(k) for k in range(max_k + 1)]
+    return ([f"mi.{k}" for k in ks] + [f"mi_min.{k}" for k in ks] +
+            [f"mi_hparam.{h}" for h in against] +
+            ["kendall_tau", "granulated_kendall", "sign_error", "robust_sign_error"])
+
+
+class _Blocks:
+    """Collects groups of elements from many score components so one call of the counting
+    engine serves them all (fewer, larger numpy operations)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.offset = 0
+        self.spans: list[tuple[int, int]] = []
+
+    def add(self, grp: np.ndarray, n_groups: int, x: np.ndarray, y: np.ndarray, tol: float) -> int:
+        self.parts.append((grp + self.offset, x, y, np.full(x.size, tol)))
+        self.spans.append((self.offset, self.offset + n_groups))
+        self.offset += n_groups
+        return len(self.spans) - 1
+
+    def run(self) -> list[PairCounts]:
+        if not self.parts:
+            return []
+        g, x, y, t = (np.concatenate([p[i] for p in self.parts]) for i in range(4))
+        counts = pair_counts(g, x, y, self.offset, t)
+        return [counts[slice(a, b)] for a, b in self.spans]
+
+
+def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarray,
+                st: _Structure, opts: ScoreOptions, max_k: int) -> dict[str, dict[str, float]]:
+    """Every score of every measure on the population idx (model indices; repeats allowed)."""
+    g_all = gap[idx]
+    blocks = _Blocks()
+    plan: dict[str, dict[str, Any]] = {}
+    for name, values in measures.items():
+        c_all = values[idx]
+        ok = np.isfinite(c_all) & np.isfinite(g_all)
+        pos = np.flatnonzero(ok)
+        m = idx[pos]
+        x, y = c_all[pos], g_all[pos]
+        p: dict[str, Any] = {"n": int(pos.size)}
+        # conditional MI: one block per subset (cells as groups); subset 0 gives tau too
+        p["subsets"] = [blocks.add(cells[m], nc, x, y, opts.gap_tol) for cells, nc in st.subset_cells]
+        # MI with each 'against' hyperparameter: one group, exact ties
+        p["against"] = []
+        for hv in st.against_vals:
+            hvm = hv[m]
+            okh = np.isfinite(hvm)
+            p["against"].append(blocks.add(np.zeros(int(okh.sum()), dtype=np.int64), 1,
+                                           x[okh], hvm[okh], 0.0))
+        # granulated tau: per hp, cells with every other hp fixed
+        p["gran"] = []
+        for (cells, nc), gc in zip(st.gran_cells, st.gran_codes):
+            cm = cells[m]
+            # only cells where the varied hp takes at least two values say anything about it
+            K = int(gc.max()) + 1 if gc.size else 1
+            k_vals = np.bincount(np.unique(cm * K + gc[m]) // K, minlength=nc)
+            p["gran"].append((blocks.add(cm, nc, x, y, opts.gap_tol), k_vals >= 2))
+        # sign-error: settings, and the union of both settings of every environment
+        if st.env_a.size and opts.pair_weight == "none":
+            s = st.setting[m]
+            p["settings"] = blocks.add(s, st.n_settings, x, y, opts.gap_tol)
+            order = np.argsort(s, kind="stable")
+            size = np.bincount(s, minlength=st.n_settings)
+            start = np.cumsum(size) - size
+            ia, ea = _expand(start[st.env_a], size[st.env_a])
+            ib, eb = _expand(start[st.env_b], size[st.env_b])
+            el = order[np.concatenate([ia, ib])]
+            p["envs"] = blocks.add(np.concatenate([ea, eb]), st.env_a.size, x[el], y[el], opts.gap_tol)
+            p["env_sizes"] = size[st.env_a].astype(float) * size[st.env_b]
+        p["xy"] = (m, x, y)
+        plan[name] = p
+    counts = blocks.run()
+
+    out: dict[str, dict[str, float]] = {}
+    sub_size = np.array([len(s) for s in st.subsets], dtype=np.int64)
+    for name, p in plan.items():
+        r: dict[str, float] = {}
+        # --- MI with the gap, per subset, then mean / min over subsets of each size
+        vals = np.full(len(st.subsets), np.nan)
+        for si, b in enumerate(p["subsets"]):
+            I, H, W = _mi_from_tables(_joint_tables(counts[b], opts.tie_rule), opts.log_base)
+            vals[si] = _reduce_cells(I, H, W, np.zeros(I.size, dtype=np.int64), 1, opts)[0]
+        for k in range(max_k + 1):
+            v = vals[sub_size == k]
+            v = v[np.isfinite(v)]
+            r[f"mi.{k}"] = float(v.mean()) if v.size else np.nan
+            r[f"mi_min.{k}"] = float(v.min()) if v.size else np.nan
+        # --- MI with each hyperparameter of interest
+        for h, b in zip(st.against, p["against"]):
+            I, H, W = _mi_from_tables(_joint_tables(counts[b], opts.tie_rule), opts.log_base)
+            if W[0] > 0 and (not opts.normalize or H[0] > 0):
+                r[f"mi_hparam.{h}"] = float(I[0] / H[0]) if opts.normalize else float(I[0])
+            else:
+                r[f"mi_hparam.{h}"] = np.nan
+        # --- Kendall's tau over all pairs (subset 0 is the single all-model cell)
+        r["kendall_tau"] = float(_tau(counts[p["subsets"][0]], opts.tie_rule)[0])
+        # --- granulated Kendall: mean over hps of (mean over cells of the cell tau)
+        psi = []
+        for b, varies in p["gran"]:
+            t = _tau(counts[b], opts.tie_rule)
+            t = t[varies & np.isfinite(t)]
+            if t.size:
+                psi.append(t.mean())
+        r["granulated_kendall"] = float(np.mean(psi)) if psi else np.nan
+        # --- sign-error over environments
+        if not st.env_a.size:
+            losses = np.zeros(0)
+        elif opts.pair_weight == "none":
+            losses = _env_losses_counts(counts[p["settings"]], counts[p["envs"]], st, p["env_sizes"], opts)
+        else:
+            m, x, y = p["xy"]
+            losses = _env_losses_weighted(m, x, y, st, opts)
+        r["sign_error"] = float(losses.mean()) if losses.size else np.nan
+        r["robust_sign_error"] = float(losses.max()) if losses.size else np.nan
+        r["n_models"] = p["n"]
+        out[name] = r
+    return out
+
+
+def _env_losses_counts(cs: PairCounts, ce: PairCounts, st: _Structure, nab: np.ndarray,
+                       opts: ScoreOptions) -> np.ndarray:
+    """Unweighted sign-error per environment from counts: the cross pairs of settings A and
+    B are the pairs of A u B minus those inside A and inside B."""
+    a, b = st.env_a, st.env_b
+    Cx = ce.C - cs.C[a] - cs.C[b]
+    Dx = ce.D - cs.D[a] - cs.D[b]
+    if opts.tie_rule == "drop":
+        n_used = Cx + Dx
+        loss_sum = Dx
+    else:
+        n_used = nab
+        loss_sum = Dx + 0.5 * (nab - Cx - Dx)
+    keep = (n_used > 0) & (n_used >= opts.min_ess)
+    return loss_sum[keep] / n_used[keep]
+
+
+def _env_losses_weighted(m: np.ndarray, x: np.ndarray, y: np.ndarray, st: _Structure,
+                         opts: ScoreOptions, chunk: int = 4_000_000) -> np.ndarray:
+    """Dziugaite-weighted sign-error per environment: the pair weight depends on the pair's
+    gap difference, so the cross pairs are enumerated (vectorized, in chunks)."""
+    s = st.setting[m]
+    order = np.argsort(s, kind="stable")
+    size = np.bincount(s, minlength=st.n_settings)
+    start = np.cumsum(size) - size
+    na, nb = size[st.env_a], size[st.env_b]
+    npairs = na.astype(np.int64) * nb
+    E = st.env_a.size
+    sw = np.zeros(E)
+    sw2 = np.zeros(E)
+    sl = np.zeros(E)
+    cum = np.cumsum(npairs)
+    lo = 0
+    while lo < E:
+        done = int(cum[lo - 1]) if lo else 0
+        hi = max(int(np.searchsorted(cum, done + chunk, side="right")), lo + 1)
+        envs = np.arange(lo, hi)
+        k, owner = _expand(np.zeros(envs.size, dtype=np.int64), npairs[envs])
+        e = envs[owner]
+        i = order[start[st.env_a[e]] + k // nb[e]]
+        j = order[start[st.env_b[e]] + k % nb[e]]
+        yi, yj = y[i], y[j]
+        sg = np.where(np.maximum(yi, yj) <= np.minimum(yi, yj) + opts.gap_tol, 0.0, np.sign(yi - yj))
+        sc = np.sign(x[i] - x[j])
+        w = _hoeffding_weight(yi - yj, opts.n_test, opts.weight_shift)
+        if opts.tie_rule == "drop":
+            w = np.where((sc == 0) | (sg == 0), 0.0, w)
+        loss = (1.0 - sc * sg) / 2.0
+        sw += np.bincount(e, weights=w, minlength=E)
+        sw2 += np.bincount(e, weights=w * w, minlength=E)
+        sl += np.bincount(e, weights=w * loss, minlength=E)
+        lo = hi
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ess = np.where(sw2 > 0, sw * sw / sw2, 0.0)
+    keep = (sw > 0) & (ess >= opts.min_ess)
+    return sl[keep] / sw[keep]
+
+
+def _jsonable(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray],
+                     hparams: dict[str, np.ndarray], condition_on: list[str], against: list[str],
+                     preset: str = "paper", max_omega: int = 2, bootstrap: int = 0, seed: int = 0,
+                     **overrides: Any) -> dict:
+    """Score every measure against the population; returns the JSON-ready leaderboard dict.
+
+    measures: name -> value per model (NaN = the measure failed there; each measure is
+    scored on the models where it and the gap are finite). gaps: {"loss": ..., "acc": ...}
+    (the preset's ``gap`` option picks one). hparams: name -> value per model.
+    condition_on: hyperparameters omega ranges over; against: hyperparameters to report
+    MI with (never conditioned on by this function). bootstrap: number of resamples of
+    the models (with replacement, seeded) for percentile intervals of every score.
+    """
+    opts = resolve_options(preset, **overrides)
+    if max_omega < 0:
+        raise ValueError("max_omega must be >= 0")
+    if bootstrap < 0:
+        raise ValueError("bootstrap must be >= 0")
+    if opts.gap not in gaps:
+        raise KeyError(f"preset {preset!r} scores against the {opts.gap!r} gap; gaps has {sorted(gaps)}")
+    gap = np.asarray(gaps[opts.gap], dtype=np.float64).reshape(-1)
+    n = gap.size
+    meas = {}
+    for name, v in measures.items():
+        a = np.asarray(v, dtype=np.float64).reshape(-1)
+        if a.size != n:
+            raise ValueError(f"measure {name!r} has {a.size} values for {n} models")
+        meas[name] = a
+    condition_on, against = list(condition_on), list(against)
+    st = _structure(n, hparams, condition_on, against, max_omega)
+    max_k = min(max_omega, len(dict.fromkeys(condition_on)))
+
+    point = _score_once(np.arange(n), meas, gap, st, opts, max_k)
+    paths = score_paths(max_k, against)
+    ci: dict[str, dict[str, list[float | None]]] = {name: {} for name in meas}
+    if bootstrap > 0 and n > 0:
+        rng = np.random.default_rng(seed)
+        reps = {name: np.full((bootstrap, len(paths)), np.nan) for name in meas}
+        for b in range(bootstrap):
+            res = _score_once(rng.integers(0, n, size=n), meas, gap, st, opts, max_k)
+            for name in meas:
+                reps[name][b] = [res[name][pth] for pth in paths]
+        alpha = (1.0 - opts.ci_level) / 2.0
+        for name in meas:
+            for j, pth in enumerate(paths):
+                col = reps[name][:, j]
+                col = col[np.isfinite(col)]
+                if col.size:
+                    lo_, hi_ = np.quantile(col, [alpha, 1.0 - alpha])
+                    ci[name][pth] = [float(lo_), float(hi_)]
+                else:
+                    ci[name][pth] = [None, None]
+
+    board: dict[str, Any] = {}
+    for name in meas:
+        r = point[name]
+        ks = [str(k) for k in range(max_k + 1)]
+        board[name] = {
+            "mi": {k: _jsonable(r[f"mi.{k}"]) for k in ks},
+            "mi_min": {k: _jsonable(r[f"mi_min.{k}"]) for k in ks},
+            "mi_hparam": {h: _jsonable(r[f"mi_hparam.{h}"]) for h in against},
+            "kendall_tau": _jsonable(r["kendall_tau"]),
+            "granulated_kendall": _jsonable(r["granulated_kendall"]),
+            "sign_error": _jsonable(r["sign_error"]),
+            "robust_sign_error": _jsonable(r["robust_sign_error"]),
+            "n_models": int(r["n_models"]),
+            "ci": ci[name],
+        }
+    resolved = asdict(opts)
+    resolved.update({"preset": preset, "condition_on": condition_on, "against": against,
+                     "max_omega": max_omega, "bootstrap": bootstrap, "seed": seed})
+    return {"preset": preset, "n_models": int(n), "options": resolved, "leaderboard": board}

@@ -1,0 +1,149 @@
+"""End to end: train -> store -> measure -> score, reruns, resume after interruption."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+import genbench
+from genbench.components import Measure
+from genbench.plugins import load_registry
+from genbench.store import Store
+from tests.helpers import EXAMPLE_PLUGIN, TINY_SUITE, install_dist, write_suite
+
+N_MODELS = 4  # TINY_SUITE: dropout {0, 0.3} x width {8, 16}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    suite = write_suite(tmp, TINY_SUITE)
+    result = genbench.run(suite, store=tmp / "store", device="cpu", json_path=tmp / "run.json")
+    return tmp, suite, result
+
+
+def test_run_json_contract(first_run):
+    tmp, _, result = first_run
+    assert json.loads((tmp / "run.json").read_text()) == json.loads(json.dumps(result))
+    s = result["summary"]
+    assert (s["models"], s["trained"], s["reused"], s["failed"]) == (N_MODELS, N_MODELS, 0, 0)
+    assert s["measures_computed"] == 3 * N_MODELS and s["measures_reused"] == 0
+    assert set(result) >= {"suite", "store", "summary", "models", "leaderboard"}
+    for m in result["models"]:
+        assert set(m) >= {"key", "hparams", "train_loss", "test_loss", "train_acc", "test_acc",
+                          "gap", "measures"}
+        assert m["gap"] == pytest.approx(m["test_loss"] - m["train_loss"])
+        assert set(m["measures"]) == {"frobenius_distance", "parameter_norm", "spectral_norm"}
+    for name, row in result["leaderboard"].items():
+        assert set(row) >= {"mi", "mi_hparam", "kendall_tau"}
+        assert "0" in row["mi"] and "regularizers.dropout.rate" in row["mi_hparam"]
+
+
+def test_rerun_trains_and_computes_nothing(first_run):
+    tmp, suite, result = first_run
+    again = genbench.run(suite, store=tmp / "store", device="cpu")
+    s = again["summary"]
+    assert (s["trained"], s["reused"], s["measures_computed"]) == (0, N_MODELS, 0)
+    assert s["measures_reused"] == 3 * N_MODELS
+    assert again["models"] == result["models"]
+
+
+def test_stored_weights_reproduce_the_measures(first_run):
+    tmp, _, result = first_run
+    with Store(tmp / "store") as st:
+        for m in result["models"]:
+            init, final = st.load_weights(m["key"])
+            names = [k for k in final if k.endswith("weight")]
+            frob = sum(((final[n].double() - init[n].double()) ** 2).sum().item() for n in names)
+            assert m["measures"]["frobenius_distance"] == pytest.approx(frob, rel=1e-12)
+            prov = st.model(m["key"])["provenance"]
+            assert {"kind": "model", "name": "mlp", "version": "1", "plugin": "models",
+                    "plugin_version": genbench.__version__} in prov
+
+
+def test_training_is_deterministic(first_run):
+    tmp, suite, result = first_run
+    fresh = genbench.run(suite, store=tmp / "store2", device="cpu")
+    assert [m["train_loss"] for m in fresh["models"]] == [m["train_loss"] for m in result["models"]]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupting_progress(stage_to_stop: str, after: int):
+    def progress(stage, total):
+        count = {"n": 0}
+
+        def advance(desc):
+            count["n"] += 1
+            if stage == stage_to_stop and count["n"] >= after:
+                raise KeyboardInterrupt
+        return advance
+    return progress
+
+
+def test_interrupted_run_resumes_without_losing_work(tmp_path):
+    suite = write_suite(tmp_path, TINY_SUITE)
+    store = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        genbench.run(suite, store=store, device="cpu", progress=interrupting_progress("train", 1))
+    with Store(store) as st:
+        assert len(st.done_keys()) == 1  # the model finished before the interrupt is kept
+    with pytest.raises(KeyboardInterrupt):
+        genbench.run(suite, store=store, device="cpu", progress=interrupting_progress("measure", 5))
+    resumed = genbench.run(suite, store=store, device="cpu")
+    s = resumed["summary"]
+    assert (s["trained"], s["reused"]) == (0, N_MODELS)
+    assert s["measures_computed"] == 3 * N_MODELS - 5 and s["measures_reused"] == 5
+
+
+def test_failing_measure_is_stored_and_run_goes_on(tmp_path):
+    class Flaky(Measure):
+        name = "flaky"
+
+        def compute(self, ctx):
+            if ctx.hparams["model.width"] == 8:
+                raise RuntimeError("cannot measure narrow nets")
+            return 1.0 + ctx.hparams["regularizers.dropout.rate"]
+
+    mod = types.ModuleType("flaky_plugin")
+    mod.register_measures = genbench.hookimpl(lambda register: register(Flaky))
+    registry = load_registry(extra=[("flaky", mod)])
+    suite = write_suite(tmp_path, TINY_SUITE.replace("spectral_norm = {}", "flaky = {}"))
+    result = genbench.run(suite, store=tmp_path / "s", device="cpu", registry=registry)
+    values = [m["measures"]["flaky"] for m in result["models"]]
+    assert values.count(None) == 2 and result["leaderboard"]["flaky"]["n_models"] == 2
+    with Store(tmp_path / "s") as st:
+        errors = [r["error"] for r in st.results(kind="measure") if r["name"] == "flaky" and r["error"]]
+    assert errors == ["RuntimeError: cannot measure narrow nets"] * 2
+
+
+def test_third_party_measure_appears_in_leaderboard(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    source = (EXAMPLE_PLUGIN / "src" / "genbench_example_measure.py").read_text()
+    install_dist(tmp_path / "site", "genbench-example-measure", "1.0.0", "genbench_example_measure",
+                 source, "example_measure")
+    monkeypatch.setenv("GENBENCH_PLUGINS", "example_measure")
+    registry = load_registry()
+    suite = write_suite(tmp_path, TINY_SUITE.replace("spectral_norm = {}", "weight_count = { scale = 2.0 }"))
+    result = genbench.run(suite, store=tmp_path / "s", device="cpu", registry=registry)
+    assert "weight_count" in result["leaderboard"]
+    m = result["models"][0]
+    assert m["measures"]["weight_count"] == pytest.approx(2.0 * torch.log(torch.tensor(
+        64.0 * m["hparams"]["model.width"] + m["hparams"]["model.width"] * 10)).item())
+    with Store(tmp_path / "s") as st:
+        prov = [r["provenance"] for r in st.results(kind="measure") if r["name"] == "weight_count"]
+    assert prov[0]["plugin"] == "example_measure" and prov[0]["plugin_version"] == "1.0.0"
+    sys.modules.pop("genbench_example_measure", None)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        genbench.run(write_suite(tmp_path, TINY_SUITE), store=tmp_path / "s", device="cuda")
