@@ -1,23 +1,42 @@
-"""Built-in regularizers, all acting through the model's taps."""
+"""Built-in regularizers, all acting through the model's taps (science.md section 4).
+
+- ``dropout``: node dropout on the activations (forward).
+- ``activation_reverse_noise``: Gaussian noise N(mu, r(Sigma_a)), Sigma_a = E[A]^{-1},
+  added to the activations (forward; Algorithm 2, lambda_1).
+- ``node_loss_reverse_noise``: N(mu, r(Sigma_h)), Sigma_h = E[G]^{-1}, added to the
+  gradient w.r.t. the pre-activations (backward; Algorithm 2, lambda_2).
+- ``weight_noise``: Gaussian noise on the weights after every optimizer step (the
+  paper's stochastic contraction noise).
+- controls: ``weight_decay`` (optimizer override) and ``batch_norm`` (model override).
+
+Design choices the paper leaves open are written down in ``docs/regularizers.md``.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 from pydantic import Field, field_validator
 
 import genbench
 from genbench.components import Params, Regularizer
-from genbench.taps import Tap, TapHandler
+from genbench.taps import Tap, TapHandler, weight_layers
 
 
+# -- dropout ---------------------------------------------------------------------
 class DropoutHandler(TapHandler):
     def __init__(self, rates: list[float] | float):
         self.rates = rates
 
     def rate(self, tap: Tap) -> float:
+        """Explicit per-layer ``rates`` are used as given; a single ``rate`` is scaled by the
+        tap's ``dropout_scale`` (set by model families that reproduce the paper's
+        placements: 1 where the paper puts Dropout(0.3), 1/3 where Dropout(0.1), 0 where none)."""
         if isinstance(self.rates, list):
             return self.rates[tap.index] if tap.index < len(self.rates) else self.rates[-1]
-        return self.rates
+        return self.rates * getattr(tap, "dropout_scale", 1.0)
 
     def activation(self, tap: Tap, a: torch.Tensor) -> torch.Tensor:
         q = self.rate(tap)
@@ -35,7 +54,8 @@ class Dropout(Regularizer):
     version = "1"
 
     class Params(Params):
-        rate: float = Field(0.0, ge=0, lt=1, description="drop probability for every hidden layer")
+        rate: float = Field(0.0, ge=0, lt=1, description="drop probability for every hidden layer "
+                            "(scaled per layer by the model family's placement, e.g. VGG's Tables 5-7)")
         rates: list[float] | None = Field(None, description="per-hidden-layer rates (last one repeats)")
 
         @field_validator("rates")
@@ -52,6 +72,262 @@ class Dropout(Regularizer):
         return DropoutHandler(rates)
 
 
+# -- reverse noise (Algorithm 2) ---------------------------------------------------
+def reverse_offdiagonal(sigma: torch.Tensor) -> torch.Tensor:
+    """r(Sigma): flip the sign of every off-diagonal entry (keep the diagonal)."""
+    return 2 * torch.diag_embed(torch.diagonal(sigma, dim1=-2, dim2=-1)) - sigma
+
+
+def psd_factor(matrix: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A factor L with L L^T = the matrix with its negative eigenvalues set to zero.
+
+    r(Sigma) of a positive-definite Sigma is not always positive semidefinite (for
+    n >= 3), so it is not a covariance; we sample from its nearest PSD matrix in the
+    Frobenius norm, V max(Lambda, 0) V^T. Returns (L, number of clipped eigenvalues).
+    """
+    sym = (matrix + matrix.T) / 2
+    evals, evecs = torch.linalg.eigh(sym)
+    clipped = int((evals < 0).sum())
+    return evecs * evals.clamp(min=0).sqrt(), clipped
+
+
+def reverse_noise_covariance(moment: torch.Tensor, damping: float,
+                             normalize: bool) -> torch.Tensor:
+    """The covariance the reverse noise claims before clipping: r(Sigma), Sigma = (M + d I)^{-1}.
+
+    ``M`` is a second-moment matrix (E[A] or E[G]); the damping is relative to M's mean
+    diagonal. With ``normalize``, r(Sigma) is rescaled so its mean diagonal equals M's:
+    the noise then has the units of the signal and ``strength`` is relative to its RMS.
+    """
+    m = moment.double()
+    scale = float(torch.diagonal(m).mean().clamp(min=1e-30))
+    eye = torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
+    sigma = torch.linalg.inv(m + damping * scale * eye)
+    r = reverse_offdiagonal(sigma)
+    if normalize:
+        r = r * (scale / float(torch.diagonal(r).mean().clamp(min=1e-300)))
+    return r
+
+
+def as_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, N) stays; (B, C, *spatial) becomes (B*spatial, C): channels are the units and
+    every position is a sample (the conv convention of docs/regularizers.md)."""
+    return x if x.dim() == 2 else x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if like.dim() == 2:
+        return rows
+    return rows.reshape(like.movedim(1, -1).shape).movedim(-1, 1)
+
+
+class _UnitStats:
+    """Running second moment of one tap's units and the sampling factor derived from it."""
+
+    def __init__(self):
+        self.moment: torch.Tensor | None = None
+        self.steps = 0
+        self.factor: torch.Tensor | None = None
+        self.rms = 1.0
+        self.clipped = 0
+        self.refreshes = 0
+
+
+class ReverseNoiseHandler(TapHandler):
+    """Shared machinery of both reverse noises: per tap, an exponential moving average of
+    the units' second moment (updated every training step from at most ``max_rows``
+    rows), a sampling factor recomputed every ``refresh_every`` steps, and a sampler."""
+
+    def __init__(self, params: Any):
+        self.p = params
+        self.stats: dict[int, _UnitStats] = {}
+
+    def _observe(self, tap: Tap, x: torch.Tensor) -> _UnitStats:
+        st = self.stats.setdefault(tap.index, _UnitStats())
+        with torch.no_grad():
+            rows = as_rows(x.detach())
+            if rows.shape[0] > self.p.max_rows:
+                pick = torch.randint(rows.shape[0], (self.p.max_rows,), device=rows.device)
+                rows = rows[pick]
+            batch = (rows.T.double() @ rows.double()) / rows.shape[0]
+            if st.moment is None:
+                st.moment = batch
+            else:
+                st.moment.mul_(self.p.decay).add_(batch, alpha=1 - self.p.decay)
+            if st.steps % self.p.refresh_every == 0:
+                self._refresh(st)
+            st.steps += 1
+        return st
+
+    def _refresh(self, st: _UnitStats) -> None:
+        cov = reverse_noise_covariance(st.moment, self.p.damping, self.p.normalize)
+        factor, st.clipped = psd_factor(cov)
+        st.factor = factor
+        st.rms = math.sqrt(float(torch.diagonal(st.moment).mean().clamp(min=0))) \
+            if self.p.normalize else 1.0
+        st.refreshes += 1
+
+    def _sample(self, st: _UnitStats, like: torch.Tensor) -> torch.Tensor:
+        """strength * eta with eta ~ N(mean * rms, clip(r(Sigma))), shaped like ``like``."""
+        n_rows = like.numel() // like.shape[1]
+        z = torch.randn(n_rows, st.factor.shape[0], device=like.device, dtype=st.factor.dtype)
+        eta = z @ st.factor.T
+        if self.p.mean:
+            eta = eta + self.p.mean * st.rms
+        return (self.p.strength * from_rows(eta, like)).to(like.dtype)
+
+
+class ActivationReverseNoiseHandler(ReverseNoiseHandler):
+    def activation(self, tap: Tap, a: torch.Tensor) -> torch.Tensor:
+        if not tap.training:  # a training perturbation only: see docs/regularizers.md
+            return a
+        st = self._observe(tap, a)
+        return a + self._sample(st, a)
+
+
+class NodeLossReverseNoiseHandler(ReverseNoiseHandler):
+    def preactivation(self, tap: Tap, h: torch.Tensor) -> torch.Tensor:
+        if tap.training and h.requires_grad:
+            h.register_hook(lambda g, tap=tap: self._on_grad(tap, g))
+        return h
+
+    def _on_grad(self, tap: Tap, g: torch.Tensor) -> torch.Tensor:
+        st = self._observe(tap, g)
+        return g + self._sample(st, g)
+
+
+class _ReverseNoiseParams(Params):
+    strength: float = Field(0.0, ge=0, description="lambda: the noise is strength * eta (0 = off)")
+    mean: float = Field(0.0, description="mu = mean * ones (in units of the signal's RMS when normalize)")
+    damping: float = Field(1e-3, ge=0, description="added to E[.] before inversion, times its mean diagonal")
+    normalize: bool = Field(True, description="rescale r(Sigma) to the signal's mean second moment, "
+                            "so strength is relative to the signal's RMS")
+    decay: float = Field(0.95, ge=0, lt=1, description="EMA decay of the running second moment")
+    refresh_every: int = Field(20, ge=1, description="recompute r(Sigma) and its factor every N steps")
+    max_rows: int = Field(4096, ge=1, description="rows (samples x positions) used per step for E[.]")
+
+
+class ActivationReverseNoise(Regularizer):
+    """Activation reverse noise: a + lambda_1 eta, eta ~ N(mu, r(E[A]^{-1})) (Algorithm 2, forward)."""
+
+    name = "activation_reverse_noise"
+    version = "1"
+    Params = _ReverseNoiseParams
+
+    def bind(self, model):
+        return ActivationReverseNoiseHandler(self.params) if self.params.strength > 0 else None
+
+
+class NodeLossReverseNoise(Regularizer):
+    """Node-loss reverse noise: dL/dh + lambda_2 eta, eta ~ N(mu, r(E[G]^{-1})) (Algorithm 2, backward)."""
+
+    name = "node_loss_reverse_noise"
+    version = "1"
+    Params = _ReverseNoiseParams
+
+    def bind(self, model):
+        return NodeLossReverseNoiseHandler(self.params) if self.params.strength > 0 else None
+
+
+# -- weight noise ---------------------------------------------------------------------
+class WeightNoiseHandler(TapHandler):
+    """Adds N(0, std^2) to every weight (Linear/Conv; biases if asked) every ``every`` steps,
+    and keeps a tally of what it injected (``steps``, ``injections``, ``sum_sq``)."""
+
+    def __init__(self, std: float, every: int, include_bias: bool):
+        self.std, self.every, self.include_bias = std, every, include_bias
+        self.steps = 0
+        self.injections = 0
+        self.sum_sq = 0.0
+
+    def after_step(self, model) -> None:
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        with torch.no_grad():
+            for _, layer in weight_layers(model):
+                tensors = [layer.weight]
+                if self.include_bias and layer.bias is not None:
+                    tensors.append(layer.bias)
+                for t in tensors:
+                    noise = torch.randn_like(t) * self.std
+                    t.add_(noise)
+                    self.sum_sq += float(noise.square().sum())
+        self.injections += 1
+
+
+class WeightNoise(Regularizer):
+    """Stochastic (contraction) noise: w += N(0, std^2) on every weight after each optimizer step."""
+
+    name = "weight_noise"
+    version = "1"
+
+    class Params(Params):
+        std: float = Field(0.0, ge=0, description="standard deviation of the noise added to each weight (0 = off)")
+        every: int = Field(1, ge=1, description="inject every N optimizer steps")
+        include_bias: bool = Field(False, description="perturb the biases too")
+
+    def bind(self, model):
+        if self.params.std <= 0:
+            return None
+        return WeightNoiseHandler(self.params.std, self.params.every, self.params.include_bias)
+
+
+def paired_volume_change(rows: list[dict[str, Any]], key: str,
+                         volume: str = "vol_per_dim_mean") -> list[dict[str, Any]]:
+    """The volume change a regularizer caused, against its twin trained without it.
+
+    ``rows``: dicts with ``hparams``, ``seed`` and ``volume`` (a dict holding ``volume``).
+    For every row whose ``hparams[key]`` is non-zero, the twin is the row with the same
+    seed and the same hparams except ``key`` set to 0 (or falsy). Returns, per such row,
+    ``{"row", "twin", "change", "contracted"}`` with ``change = vol(row) - vol(twin)``;
+    rows without a twin are skipped. This is how the paper selects its contraction runs.
+    """
+    def rest(r: dict[str, Any]) -> tuple:
+        return (r["seed"], tuple(sorted((k, repr(v)) for k, v in r["hparams"].items() if k != key)))
+
+    baselines = {rest(r): r for r in rows if not r["hparams"].get(key)}
+    out = []
+    for r in rows:
+        if not r["hparams"].get(key):
+            continue
+        twin = baselines.get(rest(r))
+        if twin is None or r["volume"] is None or twin["volume"] is None:
+            continue
+        change = float(r["volume"][volume]) - float(twin["volume"][volume])
+        out.append({"row": r, "twin": twin, "change": change, "contracted": change < 0})
+    return out
+
+
+# -- controls (paper Appendix H) ---------------------------------------------------------
+class WeightDecay(Regularizer):
+    """L2 weight decay as an optimizer override (replaces the recipe's weight_decay)."""
+
+    name = "weight_decay"
+    version = "1"
+
+    class Params(Params):
+        value: float = Field(5e-4, ge=0, description="the optimizer's weight_decay coefficient")
+
+    def optimizer_overrides(self) -> dict[str, Any]:
+        return {"weight_decay": self.params.value}
+
+
+class BatchNorm(Regularizer):
+    """Batch normalization as a model override (the family's batch_norm=True)."""
+
+    name = "batch_norm"
+    version = "1"
+
+    class Params(Params):
+        enabled: bool = Field(True, description="build the model with BatchNorm before every hidden activation")
+
+    def model_overrides(self) -> dict[str, Any]:
+        return {"batch_norm": self.params.enabled}
+
+
 @genbench.hookimpl
 def register_regularizers(register):
-    register(Dropout)
+    for cls in (Dropout, ActivationReverseNoise, NodeLossReverseNoise, WeightNoise, WeightDecay,
+                BatchNorm):
+        register(cls)

@@ -1,0 +1,609 @@
+"""Scores against plain-loop references, hand-computed cases and the properties a score
+must have (perfect / reversed / independent predictors, monotone invariance, ties).
+
+The brute-force functions below follow docs/scoring.md literally, one ordered pair at a
+time, so they share no code (and no counting shortcut) with genbench.scoring.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genbench.scoring import (PRESETS, ScoreOptions, _count_earlier_greater, pair_counts,
+                              resolve_options, score_paths, score_population)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------
+# brute-force references (plain Python loops over pairs)
+# ---------------------------------------------------------------------------------------
+
+def sgn(a, b, tol=0.0):
+    """sign(a - b), 0 when |a - b| <= tol (evaluated as max <= min + tol)."""
+    if max(a, b) <= min(a, b) + tol:
+        return 0
+    return 1 if a > b else -1
+
+
+def bf_mi(signs, tie_rule, log_base):
+    """(I, H(V_y), number of ordered pairs used) from a list of (s_x, s_y)."""
+    if tie_rule == "drop":
+        signs = [(a, b) for a, b in signs if a != 0 and b != 0]
+    elif tie_rule == "lump":
+        signs = [(int(a > 0), int(b > 0)) for a, b in signs]
+    W = len(signs)
+    if W == 0:
+        return None, None, 0
+    joint, px, py = {}, {}, {}
+    for a, b in signs:
+        joint[(a, b)] = joint.get((a, b), 0) + 1
+        px[a] = px.get(a, 0) + 1
+        py[b] = py.get(b, 0) + 1
+    I = 0.0
+    for (a, b), k in joint.items():
+        p = k / W
+        I += p * math.log(p / ((px[a] / W) * (py[b] / W)))
+    H = -sum((k / W) * math.log(k / W) for k in py.values())
+    return I / math.log(log_base), H / math.log(log_base), W
+
+
+def bf_tau(signs, tie_rule):
+    if tie_rule == "drop":
+        signs = [(a, b) for a, b in signs if a != 0 and b != 0]
+    num = sum(a * b for a, b in signs)
+    den = math.sqrt(sum(a * a for a, _ in signs) * sum(b * b for _, b in signs))
+    return num / den if den > 0 else None
+
+
+def bf_hoeffding(dg, n, shift):
+    h = max(0.0, 1.0 - 2.0 * math.exp(-2.0 * n * (abs(dg) / 2.0) ** 2)) ** 2
+    return h - shift if h > shift else 0.0
+
+
+def bf_score(c, g, hp, condition_on, against, opts: ScoreOptions, max_omega=2):
+    """Every score of one measure, literally, over ordered pairs."""
+    models = [i for i in range(len(c)) if math.isfinite(c[i]) and math.isfinite(g[i])]
+    tol = opts.gap_tol
+
+    def signs(pairs, target=None, ttol=tol):
+        t = g if target is None else target
+        return [(sgn(c[i], c[j]), sgn(t[i], t[j], ttol)) for i, j in pairs]
+
+    def ordered(ms):
+        return [(i, j) for i in ms for j in ms if i != j]
+
+    def cells(ms, names):
+        out = {}
+        for i in ms:
+            out.setdefault(tuple(hp[h][i] for h in names), []).append(i)
+        return list(out.values())
+
+    r = {}
+    cond = list(dict.fromkeys(condition_on))
+    for k in range(0, min(max_omega, len(cond)) + 1):
+        vals = []
+        for omega in itertools.combinations(cond, k):
+            per = [bf_mi(signs(ordered(cell)), opts.tie_rule, opts.log_base) for cell in cells(models, omega)]
+            per = [t for t in per if t[2] > 0]
+            if opts.cell_reduce == "mean":
+                if opts.normalize:
+                    xs = [I / H for I, H, W in per if H > 0]
+                else:
+                    xs = [I for I, H, W in per]
+                v = sum(xs) / len(xs) if xs else None
+            else:
+                w = [W if opts.cell_reduce == "pool" else 1 for _, _, W in per]
+                num = sum(wi * I for wi, (I, H, W) in zip(w, per))
+                hs = sum(wi * H for wi, (I, H, W) in zip(w, per))
+                if opts.normalize:
+                    v = num / hs if hs > 0 else None
+                else:
+                    v = num / sum(w) if w else None
+            if v is not None:
+                vals.append(v)
+        r[f"mi.{k}"] = sum(vals) / len(vals) if vals else None
+        r[f"mi_min.{k}"] = min(vals) if vals else None
+    for h in against:
+        ms = [i for i in models if hp[h][i] is not None and not (isinstance(hp[h][i], float) and math.isnan(hp[h][i]))]
+        I, H, W = bf_mi(signs(ordered(ms), hp[h], 0.0), opts.tie_rule, opts.log_base)
+        if W == 0 or (opts.normalize and H == 0):
+            r[f"mi_hparam.{h}"] = None
+        else:
+            r[f"mi_hparam.{h}"] = I / H if opts.normalize else I
+    r["kendall_tau"] = bf_tau(signs(ordered(models)), opts.tie_rule)
+    H_all = list(dict.fromkeys(list(condition_on) + list(against)))
+    psis = []
+    for h in H_all:
+        others = [o for o in H_all if o != h]
+        taus = []
+        for cell in cells(models, others):
+            if len({hp[h][i] for i in cell}) < 2:
+                continue
+            t = bf_tau(signs(ordered(cell)), opts.tie_rule)
+            if t is not None:
+                taus.append(t)
+        if taus:
+            psis.append(sum(taus) / len(taus))
+    r["granulated_kendall"] = sum(psis) / len(psis) if psis else None
+    settings = {}
+    for i in models:
+        settings.setdefault(tuple(hp[h][i] for h in H_all), []).append(i)
+    keys = list(settings)
+    losses = []
+    for a in range(len(keys)):
+        for b in range(a + 1, len(keys)):
+            if sum(x != y for x, y in zip(keys[a], keys[b])) != 1:
+                continue
+            sw = sw2 = sl = 0.0
+            for i in settings[keys[a]]:
+                for j in settings[keys[b]]:
+                    sc, sg = sgn(c[i], c[j]), sgn(g[i], g[j], tol)
+                    if opts.tie_rule == "drop" and (sc == 0 or sg == 0):
+                        continue
+                    w = 1.0 if opts.pair_weight == "none" else bf_hoeffding(g[i] - g[j], opts.n_test, opts.weight_shift)
+                    sw += w
+                    sw2 += w * w
+                    sl += w * (1 - sc * sg) / 2
+            if sw > 0 and sw * sw / sw2 >= opts.min_ess:
+                losses.append(sl / sw)
+    r["sign_error"] = sum(losses) / len(losses) if losses else None
+    r["robust_sign_error"] = max(losses) if losses else None
+    r["n_models"] = len(models)
+    return r
+
+
+def flat(entry):
+    out = {}
+    for key in ("mi", "mi_min"):
+        for k, v in entry[key].items():
+            out[f"{key}.{k}"] = v
+    for h, v in entry["mi_hparam"].items():
+        out[f"mi_hparam.{h}"] = v
+    for key in ("kendall_tau", "granulated_kendall", "sign_error", "robust_sign_error", "n_models"):
+        out[key] = entry[key]
+    return out
+
+
+def assert_close(got, want, tol=1e-12):
+    assert set(got) == set(want), (sorted(got), sorted(want))
+    for k in want:
+        if want[k] is None:
+            assert got[k] is None, (k, got[k])
+        else:
+            assert got[k] is not None, (k, want[k])
+            assert abs(got[k] - want[k]) <= tol, (k, got[k], want[k])
+
+
+def random_population(rng, n, ties=True):
+    """Small population with ties in measures, gaps and hyperparameters, and a NaN."""
+    hp = {"a": rng.integers(0, 2, n).astype(float), "b": rng.integers(0, 3, n),
+          "c": np.array(rng.choice(["x", "y"], n), dtype=object),
+          "d": rng.choice([0.0, 0.15, 0.3], n)}
+    g = rng.normal(size=n)
+    if ties:
+        g = np.round(g, 1)
+    loss = g + 0.3 * rng.normal(size=n)
+    m1 = np.round(loss + rng.normal(size=n), 1 if ties else 8)
+    m2 = rng.integers(0, 4, n).astype(float)       # many ties
+    m3 = -loss + 0.1 * rng.normal(size=n)
+    m1[0] = np.nan
+    return {"m1": m1, "m2": m2, "m3": m3}, {"loss": g, "acc": np.round(rng.normal(size=n), 1)}, hp
+
+
+# ---------------------------------------------------------------------------------------
+# the counting engine
+# ---------------------------------------------------------------------------------------
+
+def test_count_earlier_greater_bruteforce():
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 2, 3, 7, 16, 33, 100):
+        x = rng.integers(0, 10, n)
+        q = rng.integers(0, 10, n)
+        want = [sum(1 for l in range(k) if x[l] > q[k]) for k in range(n)]
+        assert _count_earlier_greater(x, q).tolist() == want
+
+
+@pytest.mark.parametrize("tol", [0.0, 0.1, 0.25])
+def test_pair_counts_bruteforce(tol):
+    rng = np.random.default_rng(2)
+    n, G = 60, 5
+    grp = rng.integers(0, G, n)
+    x = np.round(rng.normal(size=n), 1)
+    y = np.round(rng.normal(size=n), 1)
+    got = pair_counts(grp, x, y, G, tol)
+    for k in range(G):
+        ids = [i for i in range(n) if grp[i] == k]
+        P = tx = ty = tb = C = D = 0
+        for a, b in itertools.combinations(ids, 2):
+            sx, sy = sgn(x[a], x[b]), sgn(y[a], y[b], tol)
+            P += 1
+            tx += sx == 0
+            ty += sy == 0
+            tb += sx == 0 and sy == 0
+            C += sx * sy > 0
+            D += sx * sy < 0
+        assert (got.P[k], got.tx[k], got.ty[k], got.tb[k], got.C[k], got.D[k]) == (P, tx, ty, tb, C, D)
+
+
+# ---------------------------------------------------------------------------------------
+# full scores against the brute force
+# ---------------------------------------------------------------------------------------
+
+CONFIGS = [
+    ("paper", {}), ("jiang", {}), ("pgdl", {}),
+    ("paper", {"normalize": True, "cell_reduce": "pool"}),
+    ("jiang", {"tie_rule": "drop", "cell_reduce": "mean", "log_base": math.e}),
+    ("jiang", {"tie_rule": "lump", "normalize": False, "gap_tol": 0.15}),
+    ("pgdl", {"tie_rule": "category", "normalize": False, "cell_reduce": "pool_unweighted"}),
+    ("jiang", {"pair_weight": "hoeffding", "n_test": 200, "min_ess": 1.5}),
+    ("paper", {"pair_weight": "hoeffding", "n_test": 100, "weight_shift": 0.0}),
+]
+
+
+@pytest.mark.parametrize("preset,over", CONFIGS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scores_equal_bruteforce(preset, over, seed):
+    rng = np.random.default_rng(seed)
+    measures, gaps, hp = random_population(rng, 36)
+    cond, against = ["a", "b", "c"], ["d"]
+    board = score_population(measures, gaps, hp, cond, against, preset=preset, **over)
+    opts = resolve_options(preset, **over)
+    hp_py = {h: list(v.tolist()) for h, v in hp.items()}
+    g = gaps[opts.gap].tolist()
+    for name, c in measures.items():
+        want = bf_score(c.tolist(), g, hp_py, cond, against, opts)
+        assert_close(flat(board["leaderboard"][name]), want)
+
+
+@pytest.mark.parametrize("max_omega", [0, 1, 3])
+def test_max_omega_keys_and_bruteforce(max_omega):
+    rng = np.random.default_rng(5)
+    measures, gaps, hp = random_population(rng, 30)
+    board = score_population(measures, gaps, hp, ["a", "b"], ["d"], preset="jiang", max_omega=max_omega)
+    want_keys = [str(k) for k in range(min(max_omega, 2) + 1)]
+    entry = board["leaderboard"]["m2"]
+    assert list(entry["mi"]) == want_keys and list(entry["mi_min"]) == want_keys
+    hp_py = {h: list(v.tolist()) for h, v in hp.items()}
+    want = bf_score(measures["m2"].tolist(), gaps["acc"].tolist(), hp_py, ["a", "b"], ["d"],
+                    PRESETS["jiang"], max_omega=max_omega)
+    assert_close(flat(entry), want)
+
+
+def test_large_population_matches_bruteforce_without_ties():
+    """Fewer ties, more models: exercises deep merge levels of the counting engine."""
+    rng = np.random.default_rng(9)
+    measures, gaps, hp = random_population(rng, 90, ties=False)
+    measures = {"m1": measures["m1"]}
+    board = score_population(measures, gaps, hp, ["a", "b"], ["d"], preset="paper")
+    hp_py = {h: list(v.tolist()) for h, v in hp.items()}
+    want = bf_score(measures["m1"].tolist(), gaps["loss"].tolist(), hp_py, ["a", "b"], ["d"], PRESETS["paper"])
+    assert_close(flat(board["leaderboard"]["m1"]), want)
+
+
+# ---------------------------------------------------------------------------------------
+# hand-computed 4-model cases
+# ---------------------------------------------------------------------------------------
+
+def hb(p):
+    """Binary entropy in bits."""
+    return -p * math.log2(p) - (1 - p) * math.log2(1 - p)
+
+
+def test_hand_four_models_mixed_directions():
+    """c = 1,2,3,4; gap = 1,3,4,2; a = 0,0,1,1; b = 0,1,0,1.
+
+    Unordered pairs: (1,2)(1,3)(1,4)(2,3) concordant, (2,4)(3,4) discordant: C=4, D=2.
+    Counting both orientations: p(++)=p(--)=1/3, p(+-)=p(-+)=1/6, marginals 1/2, so
+    I = 1 - H_b(1/3) bits = normalized MI; tau = (4-2)/6 = 1/3.
+    |omega|=1: fixing a gives cells {1,2} (concordant) and {3,4} (discordant): each cell
+    MI = 1 (MI is blind to direction); fixing b: {1,3} conc., {2,4} disc.: 1. |omega|=2:
+    every cell has one model -> undefined.
+    Granulated tau: varying a (cells by b): taus +1, -1 -> 0; varying b: +1, -1 -> 0.
+    Environments (settings differ in one hp): (1,2) b: 0, (3,4) b: 1, (1,3) a: 0,
+    (2,4) a: 1 -> mean 1/2, robust 1. (1,4) and (2,3) differ in both: not environments.
+    """
+    c = np.array([1.0, 2, 3, 4])
+    g = np.array([1.0, 3, 4, 2])
+    hp = {"a": np.array([0, 0, 1, 1]), "b": np.array([0, 1, 0, 1])}
+    e = score_population({"m": c}, {"loss": g, "acc": g}, hp, ["a", "b"], [], preset="jiang")["leaderboard"]["m"]
+    assert e["mi"]["0"] == pytest.approx(1 - hb(1 / 3), abs=1e-12)
+    assert e["mi"]["1"] == pytest.approx(1.0, abs=1e-12) and e["mi_min"]["1"] == pytest.approx(1.0, abs=1e-12)
+    assert e["mi"]["2"] is None and e["mi_min"]["2"] is None
+    assert e["kendall_tau"] == pytest.approx(1 / 3, abs=1e-12)
+    assert e["granulated_kendall"] == pytest.approx(0.0, abs=1e-12)
+    assert e["sign_error"] == pytest.approx(0.5, abs=1e-12)
+    assert e["robust_sign_error"] == pytest.approx(1.0, abs=1e-12)
+    # paper preset: unnormalized bits; with no ties and symmetric counting the same numbers
+    p = score_population({"m": c}, {"loss": g, "acc": g}, hp, ["a", "b"], [], preset="paper")["leaderboard"]["m"]
+    assert p["mi"]["0"] == pytest.approx(1 - hb(1 / 3), abs=1e-12)
+    # natural-log units: multiply bits by ln 2
+    u = score_population({"m": c}, {"loss": g, "acc": g}, hp, ["a", "b"], [], preset="paper",
+                         log_base=math.e)["leaderboard"]["m"]
+    assert u["mi"]["0"] == pytest.approx((1 - hb(1 / 3)) * math.log(2), abs=1e-12)
+
+
+def test_hand_four_models_one_env_discordant():
+    """c = 1,2,3,4; gap = 1,3,2,4 (only (2,3) discordant, and it is not an environment).
+
+    C=5, D=1: MI = 1 - H_b(1/6), tau = 4/6; every environment is concordant: sign-error 0.
+    """
+    c = np.array([1.0, 2, 3, 4])
+    g = np.array([1.0, 3, 2, 4])
+    hp = {"a": np.array([0, 0, 1, 1]), "b": np.array([0, 1, 0, 1])}
+    e = score_population({"m": c}, {"loss": g, "acc": g}, hp, ["a", "b"], [], preset="jiang")["leaderboard"]["m"]
+    assert e["mi"]["0"] == pytest.approx(1 - hb(1 / 6), abs=1e-12)
+    assert e["kendall_tau"] == pytest.approx(2 / 3, abs=1e-12)
+    assert e["granulated_kendall"] == pytest.approx(1.0, abs=1e-12)
+    assert e["sign_error"] == 0.0 and e["robust_sign_error"] == 0.0
+
+
+def test_hand_mi_with_hyperparameter_and_tie_rule():
+    """c = 1,2,3,4 against dropout d = 0,0,.3,.3.
+
+    Pairs: (1,2),(3,4) tied in d; the other 4 concordant. Ordered table: (+,+)=(-,-)=4,
+    (+,0)=(-,0)=2, total 12; p(d=+)=p(d=-)=p(d=0)=1/3.
+    category: I = 2(4/12)log2((1/3)/(1/2*1/3)) + 2(2/12)log2((1/6)/(1/2*1/3)) = 2/3 bit,
+    H(V_d) = log2 3, normalized 2/(3 log2 3). drop: the tied pairs go, leaving a perfect
+    2x2 table: 1 bit = normalized 1.
+    """
+    c = np.array([1.0, 2, 3, 4])
+    d = np.array([0.0, 0.0, 0.3, 0.3])
+    g = np.array([4.0, 3, 2, 1])
+    args = ({"m": c}, {"loss": g, "acc": g}, {"d": d, "a": np.zeros(4)}, ["a"], ["d"])
+    cat = score_population(*args, preset="jiang")["leaderboard"]["m"]["mi_hparam"]["d"]
+    assert cat == pytest.approx(2 / (3 * math.log2(3)), abs=1e-12)
+    raw = score_population(*args, preset="jiang", normalize=False)["leaderboard"]["m"]["mi_hparam"]["d"]
+    assert raw == pytest.approx(2 / 3, abs=1e-12)
+    drop = score_population(*args, preset="paper")["leaderboard"]["m"]["mi_hparam"]["d"]
+    assert drop == pytest.approx(1.0, abs=1e-12)
+
+
+def test_hand_tie_rules():
+    """c = 1,1,2,3; gap = 1,2,2,3; h = 0,1,0,1 (h is the only hyperparameter).
+
+    Pairs: (1,2) tied in c only; (2,3) tied in gap only; (1,3),(1,4),(2,4),(3,4) concordant.
+    C=4, D=0, Tc=1, Tg=1, Tb=0, P=6.
+    category: ordered (+,+)=(-,-)=4, (0,+)=(0,-)=1, (+,0)=(-,0)=1 (total 12); both
+      marginals (5/12, 2/12, 5/12); I = (2/3) log2(48/25) + (1/3) log2(144/120);
+      tau-b = 4 / sqrt(5*5) = 0.8; the environment h=0 vs h=1 has cross pairs
+      (1,2): tie 1/2, (1,4): 0, (3,2): tie 1/2, (3,4): 0 -> sign-error 1/4.
+    drop: only the 4 concordant pairs: MI 1 bit, tau 1, sign-error over (1,4),(3,4) = 0.
+    lump: V = [diff > 0]: table (1,1)=4, (1,0)=1, (0,1)=1, (0,0)=6.
+    """
+    c = np.array([1.0, 1, 2, 3])
+    g = np.array([1.0, 2, 2, 3])
+    hp = {"h": np.array([0, 1, 0, 1])}
+    args = ({"m": c}, {"loss": g, "acc": g}, hp, ["h"], [])
+    cat = score_population(*args, preset="jiang", normalize=False)["leaderboard"]["m"]
+    I = (2 / 3) * math.log2(48 / 25) + (1 / 3) * math.log2(144 / 120)
+    H = -2 * (5 / 12) * math.log2(5 / 12) - (2 / 12) * math.log2(2 / 12)
+    assert cat["mi"]["0"] == pytest.approx(I, abs=1e-12)
+    norm = score_population(*args, preset="jiang")["leaderboard"]["m"]
+    assert norm["mi"]["0"] == pytest.approx(I / H, abs=1e-12)
+    assert cat["kendall_tau"] == pytest.approx(0.8, abs=1e-12)
+    assert cat["sign_error"] == pytest.approx(0.25, abs=1e-12)
+    assert cat["robust_sign_error"] == pytest.approx(0.25, abs=1e-12)
+    drop = score_population(*args, preset="jiang", tie_rule="drop")["leaderboard"]["m"]
+    assert drop["mi"]["0"] == pytest.approx(1.0, abs=1e-12)
+    assert drop["kendall_tau"] == pytest.approx(1.0, abs=1e-12)
+    assert drop["sign_error"] == 0.0
+    lump = score_population(*args, preset="pgdl", normalize=False)["leaderboard"]["m"]
+    t = {(1, 1): 4, (1, 0): 1, (0, 1): 1, (0, 0): 6}
+    px = {1: 5 / 12, 0: 7 / 12}
+    Il = sum(k / 12 * math.log2((k / 12) / (px[a] * px[b])) for (a, b), k in t.items())
+    assert lump["mi"]["0"] == pytest.approx(Il, abs=1e-12)
+    # |omega| = 1 on h: cells {1,3}: one concordant pair; {2,4}: one concordant pair
+    assert drop["mi"]["1"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_hand_gap_tolerance():
+    """Paper preset: |delta gap| <= 1e-4 is a tie, and tied pairs are dropped.
+
+    gap = 0, 0.00005, 1, 2 with c = 2, 1, 3, 4: the only discordant pair (1,2) has
+    |delta gap| = 5e-5, so it is dropped: MI 1 bit and tau 1. With gap_tol = 0 it counts:
+    C=5, D=1 -> MI = 1 - H_b(1/6), tau = 4/6.
+    """
+    c = np.array([2.0, 1, 3, 4])
+    g = np.array([0.0, 0.00005, 1, 2])
+    args = ({"m": c}, {"loss": g, "acc": g}, {"h": np.zeros(4)}, ["h"], [])
+    p = score_population(*args, preset="paper")["leaderboard"]["m"]
+    assert p["mi"]["0"] == pytest.approx(1.0, abs=1e-12) and p["kendall_tau"] == pytest.approx(1.0)
+    q = score_population(*args, preset="paper", gap_tol=0.0)["leaderboard"]["m"]
+    assert q["mi"]["0"] == pytest.approx(1 - hb(1 / 6), abs=1e-12)
+    assert q["kendall_tau"] == pytest.approx(4 / 6, abs=1e-12)
+
+
+def test_hand_cell_reductions():
+    """Conditioning on h: cell h=0 has 4 models with c = gap (C=6: 12 ordered pairs,
+    I1 = 1 bit = H); cell h=1 has 3 models with pairs C=2, D=1 (6 ordered pairs,
+    I2 = 1 - H_b(1/3), H = 1 bit).
+    pool = (12 I1 + 6 I2) / (12 + 6); mean = (I1 + I2)/2; pool_unweighted = (I1 + I2)/(1 + 1).
+    """
+    c = np.array([1.0, 2, 3, 4, 1, 2, 3])
+    g = np.array([1.0, 2, 3, 4, 1, 3, 2])   # cell 2: (5,6) C, (5,7) C, (6,7) D
+    h = np.array([0, 0, 0, 0, 1, 1, 1])
+    args = ({"m": c}, {"loss": g, "acc": g}, {"h": h}, ["h"], [])
+    I2 = 1 - hb(1 / 3)
+    pool = score_population(*args, preset="jiang", cell_reduce="pool")["leaderboard"]["m"]["mi"]["1"]
+    mean = score_population(*args, preset="jiang", cell_reduce="mean")["leaderboard"]["m"]["mi"]["1"]
+    unw = score_population(*args, preset="jiang", cell_reduce="pool_unweighted")["leaderboard"]["m"]["mi"]["1"]
+    assert pool == pytest.approx((12 * 1 + 6 * I2) / 18, abs=1e-12)
+    assert mean == pytest.approx((1 + I2) / 2, abs=1e-12)
+    assert unw == pytest.approx((1 + I2) / 2, abs=1e-12)   # H = 1 bit in both cells
+
+
+def test_hand_weighted_sign_error():
+    """Two settings, one model each: one pair, weight (hoeffding - 0.5)_+; a second
+    environment whose gaps differ too little gets weight 0 and is dropped."""
+    c = np.array([1.0, 2, 1, 2])
+    g = np.array([0.0, 0.1, 0.5, 0.5001])      # env 1 concordant; env 2: dgap = 1e-4
+    hp = {"h": np.array([0, 1, 0, 1]), "k": np.array([0, 0, 1, 1])}
+    e = score_population({"m": c}, {"loss": g, "acc": g}, hp, ["h", "k"], [], preset="jiang",
+                         pair_weight="hoeffding", n_test=10000)["leaderboard"]["m"]
+    # envs: (1,2) dgap 0.1 -> w>0, loss 0; (3,4) dgap 1e-4 -> w = 0, dropped;
+    # (1,3) h=0, k varies: c tie -> loss 1/2, dgap .5 -> w > 0; (2,4): c tie, loss 1/2
+    assert e["sign_error"] == pytest.approx((0 + 0.5 + 0.5) / 3, abs=1e-12)
+    assert e["robust_sign_error"] == pytest.approx(0.5, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# properties
+# ---------------------------------------------------------------------------------------
+
+def _simple(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=n)
+    hp = {"a": rng.integers(0, 2, n), "b": rng.integers(0, 3, n), "d": rng.choice([0.0, 0.3], n)}
+    return rng, g, hp
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_perfect_and_reversed_predictor(preset):
+    rng, g, hp = _simple()
+    gaps = {"loss": g, "acc": g}
+    board = score_population({"perfect": 3 * g + 1, "reversed": -g}, gaps, hp, ["a", "b"], ["d"],
+                             preset=preset, normalize=True)["leaderboard"]
+    for k in ("0", "1", "2"):
+        assert board["perfect"]["mi"][k] == pytest.approx(1.0, abs=1e-12)
+        assert board["perfect"]["mi_min"][k] == pytest.approx(1.0, abs=1e-12)
+        assert board["reversed"]["mi"][k] == pytest.approx(1.0, abs=1e-12)
+    assert board["perfect"]["kendall_tau"] == pytest.approx(1.0, abs=1e-12)
+    assert board["reversed"]["kendall_tau"] == pytest.approx(-1.0, abs=1e-12)
+    assert board["perfect"]["granulated_kendall"] == pytest.approx(1.0, abs=1e-12)
+    assert board["reversed"]["granulated_kendall"] == pytest.approx(-1.0, abs=1e-12)
+    assert board["perfect"]["sign_error"] == 0.0 and board["perfect"]["robust_sign_error"] == 0.0
+    assert board["reversed"]["sign_error"] == 1.0
+
+
+def test_independent_predictor_near_zero():
+    rng, g, hp = _simple(n=400, seed=3)
+    board = score_population({"noise": rng.normal(size=g.size)}, {"loss": g, "acc": g}, hp,
+                             ["a", "b"], ["d"], preset="jiang")["leaderboard"]["noise"]
+    assert board["mi"]["0"] < 0.01
+    assert abs(board["kendall_tau"]) < 0.1
+    assert abs(board["sign_error"] - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_invariant_under_increasing_transform(preset):
+    rng, g, hp = _simple(n=120, seed=4)
+    g = np.round(g, 1)
+    m = np.round(rng.normal(size=g.size) + g, 1)
+    gaps = {"loss": g, "acc": g}
+    base = score_population({"m": m}, gaps, hp, ["a", "b"], ["d"], preset=preset)
+    for f in (np.exp, lambda v: 5 * v - 2, lambda v: v ** 3 + v):
+        assert score_population({"m": f(m)}, gaps, hp, ["a", "b"], ["d"], preset=preset) == base
+
+
+def test_nan_measure_scores_on_finite_models():
+    rng, g, hp = _simple(n=60, seed=6)
+    m = g + rng.normal(size=g.size)
+    m_nan = m.copy()
+    m_nan[[3, 10, 11]] = np.nan
+    keep = np.isfinite(m_nan)
+    a = score_population({"m": m_nan}, {"loss": g, "acc": g}, hp, ["a", "b"], ["d"])["leaderboard"]["m"]
+    b = score_population({"m": m[keep]}, {"loss": g[keep], "acc": g[keep]},
+                         {h: v[keep] for h, v in hp.items()}, ["a", "b"], ["d"])["leaderboard"]["m"]
+    assert a["n_models"] == 57
+    assert a == b
+
+
+def test_string_and_object_hyperparameters():
+    rng = np.random.default_rng(7)
+    n = 40
+    g = rng.normal(size=n)
+    act = np.array(rng.choice(["relu", "tanh"], n), dtype=object)
+    depth = np.array([int(v) for v in rng.choice([11, 16, 19], n)], dtype=object)
+    codes = {"relu": 0, "tanh": 1}
+    # same partition into cells -> same scores for the same measure
+    m = g + np.linspace(0, 1, n)
+    a = score_population({"m": m}, {"loss": g, "acc": g}, {"act": act, "depth": depth}, ["act", "depth"], [])
+    b = score_population({"m": m}, {"loss": g, "acc": g},
+                         {"act": np.array([codes[v] for v in act]), "depth": depth.astype(float)},
+                         ["act", "depth"], [])
+    assert a["leaderboard"] == b["leaderboard"]
+
+
+# ---------------------------------------------------------------------------------------
+# bootstrap, options, output shape
+# ---------------------------------------------------------------------------------------
+
+def test_bootstrap_intervals():
+    rng = np.random.default_rng(8)
+    measures, gaps, hp = random_population(rng, 50)
+    kw = dict(condition_on=["a", "b"], against=["d"], preset="paper")
+    b0 = score_population(measures, gaps, hp, **kw)
+    assert all(e["ci"] == {} for e in b0["leaderboard"].values())
+    b1 = score_population(measures, gaps, hp, bootstrap=30, seed=3, **kw)
+    b2 = score_population(measures, gaps, hp, bootstrap=30, seed=3, **kw)
+    b3 = score_population(measures, gaps, hp, bootstrap=30, seed=4, **kw)
+    assert b1 == b2 and b1 != b3
+    e = b1["leaderboard"]["m3"]
+    assert set(e["ci"]) == set(score_paths(2, ["d"]))
+    for path, (lo, hi) in e["ci"].items():
+        if lo is not None:
+            assert lo <= hi
+    lo, hi = e["ci"]["kendall_tau"]
+    assert lo <= e["kendall_tau"] <= hi
+    # point estimates do not depend on bootstrapping
+    for name in measures:
+        assert {k: v for k, v in b1["leaderboard"][name].items() if k != "ci"} == \
+               {k: v for k, v in b0["leaderboard"][name].items() if k != "ci"}
+
+
+def test_output_shape_and_json():
+    rng = np.random.default_rng(10)
+    measures, gaps, hp = random_population(rng, 30)
+    board = score_population(measures, gaps, hp, ["a", "b", "c"], ["d"], preset="pgdl", bootstrap=5)
+    assert json.loads(json.dumps(board)) == board
+    assert board["preset"] == "pgdl" and board["n_models"] == 30
+    assert board["options"]["gap"] == "acc" and board["options"]["tie_rule"] == "lump"
+    e = board["leaderboard"]["m1"]
+    assert set(e) == {"mi", "mi_min", "mi_hparam", "kendall_tau", "granulated_kendall",
+                      "sign_error", "robust_sign_error", "n_models", "ci"}
+    assert list(e["mi"]) == ["0", "1", "2"] and list(e["mi_hparam"]) == ["d"]
+    assert e["n_models"] == 29
+    one = score_population(measures, gaps, hp, ["a"], [], preset="pgdl")
+    assert list(one["leaderboard"]["m1"]["mi"]) == ["0", "1"]
+
+
+def test_options_validation():
+    measures, gaps, hp = random_population(np.random.default_rng(0), 10)
+    with pytest.raises(ValueError, match="unknown scoring preset"):
+        score_population(measures, gaps, hp, ["a"], [], preset="nope")
+    with pytest.raises(TypeError, match="valid options"):
+        score_population(measures, gaps, hp, ["a"], [], bogus=1)
+    with pytest.raises(ValueError, match="tie_rule"):
+        score_population(measures, gaps, hp, ["a"], [], tie_rule="ignore")
+    with pytest.raises(KeyError):
+        score_population(measures, gaps, hp, ["zzz"], [])
+    with pytest.raises(KeyError):
+        score_population(measures, {"loss": gaps["loss"]}, hp, ["a"], [], preset="pgdl")
+    assert resolve_options("paper", normalize=True).normalize is True
+    assert PRESETS["paper"].normalize is False          # presets are frozen, never mutated
+
+
+def test_presets_as_documented():
+    p, j, g = PRESETS["paper"], PRESETS["jiang"], PRESETS["pgdl"]
+    assert (p.normalize, p.log_base, p.tie_rule, p.gap_tol, p.cell_reduce, p.reduce, p.gap) == \
+           (False, 2.0, "drop", 1e-4, "mean", "mean", "loss")
+    assert (j.normalize, j.cell_reduce, j.reduce) == (True, "pool", "min")
+    assert (g.normalize, g.reduce, g.gap) == (True, "min", "acc")
+
+
+def test_no_torch_import():
+    for rel in ("genbench/scoring.py", "genbench/leaderboard.py"):
+        tree = ast.parse((ROOT / rel).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "torch" for a in node.names), rel
+            if isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "torch", rel
