@@ -159,6 +159,52 @@ def leaderboard(
             show_leaderboard(result, sort, markdown)
 
 
+def _cols(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+@app.command()
+def score(
+    table: Annotated[Path, typer.Argument(help="CSV or JSON Lines, one row per model")],
+    gap: Annotated[str, typer.Option(help="column of the loss gap (test - train loss)")] = "gap",
+    acc_gap: Annotated[Optional[str], typer.Option(help="column of the accuracy gap (default: acc_gap if present)")] = None,
+    condition_on: Annotated[Optional[str], typer.Option(help="comma-separated hyperparameter columns omega ranges over")] = None,
+    against: Annotated[Optional[str], typer.Option(help="comma-separated hyperparameter columns to report MI with")] = None,
+    measures: Annotated[Optional[str], typer.Option(help="comma-separated measure columns (default: every other numeric column)")] = None,
+    preset: Annotated[str, typer.Option(help="scoring preset: paper, jiang, pgdl")] = "paper",
+    max_omega: Annotated[int, typer.Option(help="largest |omega| to condition on")] = 2,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for intervals (0: none)")] = 0,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="write the leaderboard as Markdown")] = None,
+    sort: Annotated[Optional[str], typer.Option(help="sort by this column")] = None,
+) -> None:
+    """Score a population trained anywhere: every measure column against the gap."""
+    from genbench.scoring import PRESETS, score_population
+    from genbench.tables import TableError, load_population
+
+    if preset not in PRESETS:
+        fail(f"--preset: unknown preset '{preset}'; choose one of {', '.join(sorted(PRESETS))}")
+    try:
+        pop = load_population(table, gap=gap, acc_gap=acc_gap, condition_on=_cols(condition_on),
+                              against=_cols(against), measures=_cols(measures))
+        if PRESETS[preset].gap not in pop.gaps:
+            raise TableError(f"--acc-gap: preset '{preset}' scores the accuracy gap; name its column")
+        board = score_population(pop.measures, pop.gaps, pop.hparams,
+                                 condition_on=_cols(condition_on) or [], against=_cols(against) or [],
+                                 preset=preset, max_omega=max_omega, bootstrap=bootstrap, seed=seed)
+    except (TableError, ValueError) as exc:
+        fail(str(exc))
+    if json_path is not None:
+        json_path.write_text(json.dumps(board, indent=2) + "\n")
+    from genbench.leaderboard import rich_table, to_markdown
+
+    with friendly_errors():
+        console.print(rich_table(board, sort_by=sort, title=f"{table.name}: {board['n_models']} models"))
+        if markdown is not None:
+            markdown.write_text(to_markdown(board, sort_by=sort))
+
+
 @app.command()
 def plugins(json_out: Annotated[bool, typer.Option("--json", help="print as JSON")] = False) -> None:
     """List every plugin, its version and its components; failed plugins with their error."""
