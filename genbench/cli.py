@@ -159,6 +159,72 @@ def leaderboard(
             show_leaderboard(result, sort, markdown)
 
 
+@app.command()
+def volume(
+    store: STORE = DEFAULT_STORE,
+    estimator: Annotated[str, typer.Option(help="volume estimator plugin: laplace or sampling")] = "laplace",
+    suite: Annotated[Optional[str], typer.Option(help="estimate this suite's models (trained first if missing)")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="estimator param KEY=VALUE (repeatable)")] = None,
+    device: Annotated[Device, typer.Option(help="where to compute")] = Device.auto,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the estimates as JSON")] = None,
+) -> None:
+    """Estimate the weight volume of every model in a store (or of a suite's models)."""
+    with friendly_errors():
+        from genbench.runner import resolve_device
+        from genbench.volume import volume_report
+
+        params = {}
+        for item in param or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                fail(f"--param {item}: expected KEY=VALUE")
+            try:
+                params[key] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key] = value
+        report = volume_report(store, estimator, params, suite=suite,
+                               device=resolve_device(device.value))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    from rich.table import Table
+
+    table = Table(title=f"weight volume ({estimator}), {len(report['models'])} models")
+    hps = sorted({h for m in report["models"].values() for h in m["hparams"]})
+    from genbench.suite import short_names
+
+    names = short_names(hps)
+    for col in ["model", *[names[h] for h in hps], "vol/dim (mean)", "sum log vol", "layers", "s"]:
+        table.add_column(col, justify="right")
+    for key, m in report["models"].items():
+        table.add_row(key[:8], *[str(m["hparams"].get(h, "")) for h in hps],
+                      f"{m['vol_per_dim_mean']:.4f}", f"{m['log_vol_sum']:.1f}",
+                      str(len(m["layers"])), f"{m['seconds']:.2f}")
+    console.print(table)
+
+
+@app.command()
+def suites(json_out: Annotated[bool, typer.Option("--json", help="print as JSON")] = False) -> None:
+    """List the registry's suites with their model counts and estimated run time here."""
+    with friendly_errors():
+        from genbench.catalog import list_suites
+
+        rows = list_suites()
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title="registry suites")
+    for col in ("suite", "models", "dataset", "est. time (this CPU)", "description"):
+        table.add_column(col)
+    for r in rows:
+        est = r.get("est_seconds")
+        est_text = "-" if est is None else (f"{est / 60:.0f} min" if est >= 120 else f"{est:.0f} s")
+        table.add_row(r["name"], str(r["models"]), str(r.get("dataset", "")), est_text,
+                      r.get("description", ""))
+    console.print(table)
+
+
 def _cols(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
