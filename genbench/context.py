@@ -132,5 +132,26 @@ class MeasureContext:
                          version=str(entry.cls.version), kind="volume",
                          provenance=entry.provenance)
 
+    def sigma(self, **params: Any) -> dict[str, Any]:
+        """The PAC-Bayes sharpness search (:func:`genbench.sharpness.sigma_search`) with
+        :class:`genbench.sharpness.SigmaParams` ``params`` (eps from the dataset when not
+        given): ``{"sigma", "bracket", "eps", "probes", ...}``. Computed once per model
+        and params and stored, so the three PAC measures share one search."""
+        from genbench import sharpness
+
+        p = sharpness.resolve(sharpness.SigmaParams(**params), self.data.n_classes)
+        return self.memo("sigma", p.model_dump(mode="json"), lambda: sharpness.sigma_for(self, p),
+                         version=sharpness.SIGMA_VERSION)
+
+    def alpha(self, **params: Any) -> dict[str, Any]:
+        """The worst-case sharpness search (:func:`genbench.sharpness.alpha_search`) with
+        :class:`genbench.sharpness.AlphaParams` ``params``: ``{"alpha", "bracket", "eps",
+        "probes", ...}``. Computed once per model and params and stored."""
+        from genbench import sharpness
+
+        p = sharpness.resolve(sharpness.AlphaParams(**params), self.data.n_classes)
+        return self.memo("alpha", p.model_dump(mode="json"), lambda: sharpness.alpha_for(self, p),
+                         version=sharpness.ALPHA_VERSION)
+
     def measure_params(self, measure: str) -> dict[str, Any]:
         return self.settings.get("measures", {}).get(measure, {})

@@ -55,16 +55,63 @@ class Trainer:
     """What an executor calls: splits jobs into groups and trains a group.
 
     A group is a list of specs trained together (one stacked computation when
-    batching is on); ``train_group`` returns one result or exception per spec.
+    batching is on, see :mod:`genbench.batched`); ``train_group`` returns one result
+    or exception per spec. Specs that cannot be stacked form groups of one and are
+    trained by :func:`genbench.training.train_one`; so is a group whose stacking
+    fails before training. Neither is an error: only a debug log says so.
     """
+
+    max_group = 512  # models per stack (bounds memory on big populations)
 
     def __init__(self, registry: Registry, data: DataCache, device: str, batching: bool = True):
         self.registry, self.data, self.device, self.batching = registry, data, device, batching
 
     def groups(self, jobs: list[ModelSpec]) -> list[list[ModelSpec]]:
-        return [[job] for job in jobs]
+        """Batchable specs sharing dataset, architecture, batch size and optimizer type
+        together (in order of first appearance); every other spec alone."""
+        if not self.batching:
+            return [[job] for job in jobs]
+        import logging
+
+        from genbench.batched import group_key, why_not_batchable
+
+        log = logging.getLogger("genbench.batched")
+        out: list[list[ModelSpec]] = []
+        open_groups: dict[str, list[ModelSpec]] = {}
+        for job in jobs:
+            try:
+                key = group_key(job, self.registry)
+            except Exception as exc:  # noqa: BLE001 - train_one will report the real error
+                key, why = None, f"{type(exc).__name__}: {exc}"
+            else:
+                why = why_not_batchable(job, self.registry) if key is None else ""
+            if key is None:
+                log.debug("model %s trains alone: %s", job.key, why)
+                out.append([job])
+                continue
+            group = open_groups.get(key)
+            if group is None or len(group) >= self.max_group:
+                group = open_groups[key] = []
+                out.append(group)
+            group.append(job)
+        return out
 
     def train_group(self, group: list[ModelSpec]) -> list[Any]:
+        if self.batching and len(group) > 1:
+            import logging
+
+            from genbench.batched import train_batched
+
+            try:
+                keys = {dataset_key(s.config, self.registry) for s in group}
+                if len(keys) == 1:
+                    return train_batched(group, self.data.get(group[0].config), self.registry,
+                                         self.device)
+                why = "the group mixes datasets"
+            except Exception as exc:  # noqa: BLE001 - fall back to one model at a time
+                why = f"{type(exc).__name__}: {exc}"
+            logging.getLogger("genbench.batched").debug(
+                "group of %d models trained one at a time: %s", len(group), why)
         from genbench.training import train_one
 
         results: list[Any] = []
@@ -93,8 +140,13 @@ def measure_entries(suite: Suite, registry: Registry) -> list[tuple[Any, Any, di
 
 def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registry: Registry,
                      device: str, progress: Progress, executor: str | None = None,
-                     data: DataCache | None = None, batching: bool = True) -> dict[str, int]:
-    """Train every spec the store lacks; store each model the moment it is trained."""
+                     data: DataCache | None = None, batching: bool = True,
+                     executor_params: dict[str, Any] | None = None) -> dict[str, int]:
+    """Train every spec the store lacks; store each model the moment it is trained.
+
+    ``executor_params`` override the executor's params (e.g. ``{"address": "auto"}``
+    for ``ray``); with ``executor`` given, the suite's own executor params are ignored.
+    """
     stored = {m["key"] for m in store.models()}
     todo = [s for s in specs if s.key not in stored]
     counts = {"trained": 0, "failed": 0}
@@ -102,7 +154,8 @@ def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registr
         return counts
     ref = suite.executor if executor is None else type(suite.executor)(name=executor)
     entry = registry.get("executor", ref.name)
-    runner = entry.cls(entry.cls.Params(**(ref.params if executor is None else {})))
+    params = {**(ref.params if executor is None else {}), **(executor_params or {})}
+    runner = entry.cls(entry.cls.Params(**params))
     advance = progress("train", len(todo))
 
     def on_done(spec: ModelSpec, result: Any) -> None:
@@ -214,7 +267,7 @@ def score_rows(rows: list[dict[str, Any]], suite: Suite, preset: str | None = No
 def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE,
         device: str = "auto", executor: str | None = None, json_path: str | Path | None = None,
         progress: Progress | None = None, registry: Registry | None = None,
-        batching: bool = True) -> dict[str, Any]:
+        batching: bool = True, executor_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a suite end to end and return the run JSON (see docs/concepts.md for its shape)."""
     t0 = time.perf_counter()
     registry = registry or get_registry()
@@ -227,7 +280,7 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
         run_id = st.start_run(suite.name, suite.model_dump(mode="json"), keys)
         data = DataCache(registry)
         trained = train_population(specs, suite, st, registry, device, progress, executor, data,
-                                   batching)
+                                   batching, executor_params)
         measured = measure_population(specs, suite, st, registry, device, progress, data)
         rows = collect(st, suite, keys)
         board = score_rows(rows, suite) if len(rows) >= 3 else None

@@ -142,79 +142,145 @@ class PairCounts:
         return PairCounts(self.P[sl], self.tx[sl], self.ty[sl], self.tb[sl], self.C[sl], self.D[sl])
 
 
-def _union_ranks(keys: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense ranks of the pairs (key, a_i) and (key, b_i) in their joint lexicographic order.
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Dense integer ranks (0-based) of float values; equal values share a rank."""
+    _, inv = np.unique(x, return_inverse=True)
+    return inv.reshape(-1).astype(np.int64)
 
-    Ranking a and a+tol together turns the float test ``a_j > a_i + tol`` into an exact
-    integer comparison, and putting the group key first makes elements of different
-    groups never compare as "greater" across the boundary in the wrong direction.
+
+def _tol_ranks(y: np.ndarray, tol: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of y and of y + tol in their joint order.
+
+    Ranking y and y + tol together turns the float tests of the tie rule into exact
+    integer comparisons: y_j > y_i + tol  <=>  ry_j > rq_i, and y_i <= y_j <= y_i + tol
+    <=> ry_i <= ry_j <= rq_i (the documented evaluation ``max <= min + tol``).
     """
-    n = a.size
-    kk = np.concatenate([keys, keys])
-    vv = np.concatenate([a, b])
-    o = np.lexsort((vv, kk))
-    ks, vs = kk[o], vv[o]
-    new = np.empty(2 * n, dtype=bool)
-    new[:1] = True
-    new[1:] = (ks[1:] != ks[:-1]) | (vs[1:] != vs[:-1])
-    r = np.empty(2 * n, dtype=np.int64)
-    r[o] = np.cumsum(new) - 1
-    return r[:n], r[n:]
+    y = np.asarray(y, dtype=np.float64)
+    tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), y.shape)
+    if not np.any(tol > 0):
+        r = _ranks(y)
+        return r, r
+    r = _ranks(np.concatenate([y, y + tol]))
+    return r[: y.size], r[y.size:]
 
 
-def _count_earlier_greater(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+def _count_earlier_greater(x: np.ndarray, q: np.ndarray, base: int = 32) -> np.ndarray:
     """For every position k, the number of earlier positions l < k with x[l] > q[k].
 
-    Bottom-up merge sort: at each level, the left half of every block is sorted, so one
-    global searchsorted (block index folded into the key) answers all right-half queries
-    at once. O(N log^2 N) numpy work, log2(N) Python iterations, no loop over pairs.
+    Bottom-up merge sort. Blocks of ``base`` elements are done by one broadcast
+    comparison; above that, at each level the left half of every block is sorted, so
+    one global searchsorted (block index folded into the key) answers all right-half
+    queries at once. O(N log^2 N) numpy work, log2(N / base) Python iterations, no
+    Python loop over pairs.
     """
+    x = np.asarray(x, dtype=np.int64)
+    q = np.asarray(q, dtype=np.int64)
     n = x.size
-    out = np.zeros(n, dtype=np.int64)
     if n < 2:
-        return out
-    R = int(max(x.max(), q.max())) + 1
-    vals = x.astype(np.int64)
-    idx = np.arange(n, dtype=np.int64)
-    pos = np.arange(n, dtype=np.int64)
-    w = 1
-    while w < n:
-        blk = pos // (2 * w)
-        left = (pos - blk * 2 * w) < w
+        return np.zeros(n, dtype=np.int64)
+    R = int(max(x.max(), q.max())) + 2
+    if (n // 2 + 1) * R >= 2 ** 62:              # keep blk * R + value inside int64
+        r = _ranks(np.concatenate([x, q]))
+        x, q, R = r[:n], r[n:], int(r.max()) + 2
+    B = 1
+    while B < min(base, n):
+        B *= 2
+    npad = -(-n // B) * B
+    # values shifted to 1..R-1 so that padding (0) is never greater than a query and its
+    # block-prefixed key never reaches into the previous block's key range
+    xp = np.zeros(npad, dtype=np.int64)
+    xp[:n] = x + 1
+    qp = np.full(npad, R - 1, dtype=np.int64)   # padding's own counts are discarded
+    qp[:n] = q + 1
+    X = xp.reshape(-1, B)
+    Q = qp.reshape(-1, B)
+    earlier = np.tri(B, B, -1, dtype=bool)      # earlier[k, l]: l < k
+    cnt = np.empty((X.shape[0], B), dtype=np.int64)
+    step = max(1, (1 << 20) // (B * B))         # rows per slice: bounded memory
+    for r0 in range(0, X.shape[0], step):
+        xs, qs = X[r0:r0 + step], Q[r0:r0 + step]
+        cnt[r0:r0 + step] = ((xs[:, None, :] > qs[:, :, None]) & earlier).sum(axis=2)
+    out = cnt.reshape(-1)
+    order = np.argsort(X, axis=1, kind="stable")
+    idx = (order + (np.arange(X.shape[0], dtype=np.int64) * B)[:, None]).reshape(-1)
+    vals = xp[idx]
+    pos = np.arange(npad, dtype=np.int64)
+    w = B
+    shift = B.bit_length() - 1                  # w == 1 << shift
+    while w < npad:
+        blk = pos >> (shift + 1)
+        left = ((pos >> shift) & 1) == 0
         key = blk * R + vals
         lkeys = key[left]                       # sorted: blocks in order, each left half sorted
         right = ~left
         rb = blk[right]
         ri = idx[right]
-        lo = np.searchsorted(lkeys, rb * R + q[ri], side="right")
+        lo = np.searchsorted(lkeys, rb * R + qp[ri], side="right")
         out[ri] += (rb + 1) * w - lo            # every block before rb+1 has a full left half
         order = np.argsort(key, kind="stable")  # timsort: merges the two sorted runs per block
         vals = vals[order]
         idx = idx[order]
         w *= 2
-    return out
+        shift += 1
+    return out[:n]
 
 
-def _close_pairs(keys: np.ndarray, vals: np.ndarray, tol: np.ndarray, n_keys: int) -> np.ndarray:
-    """Per key: unordered pairs with equal key and |vals_i - vals_j| <= tol (per element)."""
-    out = np.zeros(n_keys, dtype=np.float64)
-    if vals.size < 2:
-        return out
-    o = np.lexsort((vals, keys))
-    ks, vs, ts = keys[o], vals[o], tol[o]
-    # exact ties: runs of equal (key, val)
-    new = np.empty(vs.size, dtype=bool)
+def _close_pairs_sorted(key: np.ndarray, qkey: np.ndarray, owner: np.ndarray, n_owner: int,
+                        has_tol: bool) -> np.ndarray:
+    """Per owner: unordered pairs (i, j) with key_i <= key_j <= qkey_i, for ``key`` sorted
+    ascending and qkey the same element's upper bound (same group encoded in both)."""
+    new = np.empty(key.size, dtype=bool)
     new[:1] = True
-    new[1:] = (ks[1:] != ks[:-1]) | (vs[1:] != vs[:-1])
-    run = np.cumsum(new) - 1
-    t = np.bincount(run).astype(np.float64)
-    out += np.bincount(ks[new], weights=t * (t - 1) / 2, minlength=n_keys)
-    if np.any(ts > 0):
-        rv, rq = _union_ranks(ks, vs, vs + ts)
-        # rv is sorted (rows are sorted by (key, val)); count j with val_i < val_j <= val_i + tol
-        cnt = np.searchsorted(rv, rq, side="right") - np.searchsorted(rv, rv, side="right")
-        out += np.bincount(ks, weights=cnt.astype(np.float64), minlength=n_keys)
+    new[1:] = key[1:] != key[:-1]
+    t = np.bincount(np.cumsum(new) - 1).astype(np.float64)
+    out = np.bincount(owner[new], weights=t * (t - 1) / 2, minlength=n_owner)   # exact ties
+    if has_tol:
+        cnt = np.searchsorted(key, qkey, side="right") - np.searchsorted(key, key, side="right")
+        out += np.bincount(owner, weights=cnt.astype(np.float64), minlength=n_owner)
     return out
+
+
+def _pair_counts_ranked(grp: np.ndarray, rx: np.ndarray, ry: np.ndarray, rq: np.ndarray,
+                        n_groups: int) -> PairCounts:
+    """:func:`pair_counts` on integer ranks (rx of x; ry, rq of y and y + tol, from
+    :func:`_tol_ranks`), so that every sort is a single int64 key."""
+    grp = np.asarray(grp, dtype=np.int64)
+    size = np.bincount(grp, minlength=n_groups).astype(np.float64)
+    P = size * (size - 1) / 2
+    if grp.size < 2:
+        z = np.zeros(n_groups)
+        return PairCounts(P, z, z.copy(), z.copy(), z.copy(), z.copy())
+    has_tol = bool(np.any(rq != ry))
+    Rx = int(rx.max()) + 1
+    Ry = int(max(ry.max(), rq.max())) + 1
+    if float(n_groups) * Rx * Ry >= 2.0 ** 62:   # one composite key would overflow int64
+        o = np.lexsort((ry, rx, grp))
+    else:
+        o = np.argsort((grp * Rx + rx) * Ry + ry, kind="stable")
+    gs, xs, ys, qs = grp[o], rx[o], ry[o], rq[o]
+    # ties in x: runs of equal (group, x)
+    newx = np.empty(gs.size, dtype=bool)
+    newx[:1] = True
+    newx[1:] = (gs[1:] != gs[:-1]) | (xs[1:] != xs[:-1])
+    xid = np.cumsum(newx) - 1
+    t = np.bincount(xid).astype(np.float64)
+    tx = np.bincount(gs[newx], weights=t * (t - 1) / 2, minlength=n_groups)
+    # ties in both: inside each (group, x) run, y is sorted, so xid * Ry + y is sorted
+    n_x = int(xid[-1]) + 1
+    tb_x = _close_pairs_sorted(xid * Ry + ys, xid * Ry + qs, xid, n_x, has_tol)
+    tb = np.bincount(gs[newx], weights=tb_x, minlength=n_groups)
+    # ties in y (within tolerance): sort by (group, y)
+    yk = gs * Ry + ys
+    qk = gs * Ry + qs
+    o2 = np.argsort(yk, kind="stable")
+    ty = _close_pairs_sorted(yk[o2], qk[o2], gs[o2], n_groups, has_tol)
+    # In (group, x, y) order, an earlier element l pairs with k as discordant iff
+    # y_l > y_k + tol (ties in x are sorted by y, so they never qualify; earlier groups
+    # have smaller group-prefixed keys, so they never qualify either).
+    dis = _count_earlier_greater(yk, qk)
+    D = np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
+    C = P - tx - ty + tb - D
+    return PairCounts(P, tx, ty, tb, C, D)
 
 
 def pair_counts(grp: np.ndarray, x: np.ndarray, y: np.ndarray, n_groups: int,
@@ -226,33 +292,10 @@ def pair_counts(grp: np.ndarray, x: np.ndarray, y: np.ndarray, n_groups: int,
     with x_i < x_j is concordant when y_j > y_i + tol and discordant when
     y_i > y_j + tol. Elements of different groups are never paired.
     """
-    grp = np.asarray(grp, dtype=np.int64)
     x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), y.shape)
-    size = np.bincount(grp, minlength=n_groups).astype(np.float64)
-    P = size * (size - 1) / 2
-    zeros = np.zeros(n_groups, dtype=np.float64)
-    if grp.size < 2:
-        return PairCounts(P, zeros, zeros.copy(), zeros.copy(), zeros.copy(), zeros.copy())
-    o = np.lexsort((y, x, grp))
-    gs, xs, ys, ts = grp[o], x[o], y[o], tol[o]
-    newx = np.empty(gs.size, dtype=bool)
-    newx[:1] = True
-    newx[1:] = (gs[1:] != gs[:-1]) | (xs[1:] != xs[:-1])
-    xid = np.cumsum(newx) - 1                   # id of the (group, x) tie block
-    t = np.bincount(xid).astype(np.float64)
-    tx = np.bincount(gs[newx], weights=t * (t - 1) / 2, minlength=n_groups)
-    ty = _close_pairs(gs, ys, ts, n_groups)
-    tb_x = _close_pairs(xid, ys, ts, int(xid[-1]) + 1)
-    tb = np.bincount(gs[newx], weights=tb_x, minlength=n_groups)
-    # In (group, x, y) order, an earlier element l pairs with k as discordant iff
-    # y_l > y_k + tol (ties in x are sorted by y, so they never qualify).
-    ry, rq = _union_ranks(gs, ys, ys + ts)
-    dis = _count_earlier_greater(ry, rq)
-    D = np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
-    C = P - tx - ty + tb - D
-    return PairCounts(P, tx, ty, tb, C, D)
+    ry, rq = _tol_ranks(y, tol)
+    return _pair_counts_ranked(np.asarray(grp, dtype=np.int64), _ranks(x) if x.size else
+                               np.zeros(0, np.int64), ry, rq, n_groups)
 
 
 # ---------------------------------------------------------------------------------------
@@ -478,32 +521,64 @@ def score_paths(max_k: int, against: list[str]) -> list[str]:
 
 class _Blocks:
     """Collects groups of elements from many score components so one call of the counting
-    engine serves them all (fewer, larger numpy operations)."""
+    engine serves them all (fewer, larger numpy operations).
 
-    def __init__(self) -> None:
+    ``model`` ids let a bootstrap resample skip pairs of two copies of the same model:
+    such a pair is tied in everything and is not a pair of distinct models (counting it
+    would give the tied cell of the 3x3 MI table a spurious perfect association)."""
+
+    def __init__(self, n_models: int, dedup: bool) -> None:
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.offset = 0
         self.spans: list[tuple[int, int]] = []
+        self.dups: list[np.ndarray | None] = []
+        self.n_models = n_models
+        self.dedup = dedup
 
-    def add(self, grp: np.ndarray, n_groups: int, x: np.ndarray, y: np.ndarray, tol: float) -> int:
-        self.parts.append((grp + self.offset, x, y, np.full(x.size, tol)))
+    def add(self, grp: np.ndarray, n_groups: int, rx: np.ndarray, ry: np.ndarray,
+            rq: np.ndarray, model: np.ndarray) -> int:
+        self.parts.append((grp + self.offset, rx, ry, rq))
         self.spans.append((self.offset, self.offset + n_groups))
         self.offset += n_groups
+        dup = None
+        if self.dedup and grp.size > 1:
+            uniq, t = np.unique(grp.astype(np.int64) * self.n_models + model, return_counts=True)
+            if np.any(t > 1):
+                t = t.astype(np.float64)
+                dup = np.bincount(uniq // self.n_models, weights=t * (t - 1) / 2, minlength=n_groups)
+        self.dups.append(dup)
         return len(self.spans) - 1
 
-    def run(self) -> list[PairCounts]:
-        if not self.parts:
-            return []
-        g, x, y, t = (np.concatenate([p[i] for p in self.parts]) for i in range(4))
-        counts = pair_counts(g, x, y, self.offset, t)
-        return [counts[slice(a, b)] for a, b in self.spans]
+    def run(self, chunk: int = 1 << 14) -> list[PairCounts]:
+        """Count in chunks of about ``chunk`` elements (whole blocks only): the engine is
+        dominated by random memory access, so cache-sized calls are several times faster
+        than one huge call, while still amortizing Python overhead over many blocks."""
+        out: list[PairCounts] = []
+        i = 0
+        while i < len(self.parts):
+            j, size = i, 0
+            while j < len(self.parts) and (j == i or size + self.parts[j][1].size <= chunk):
+                size += self.parts[j][1].size
+                j += 1
+            base = self.spans[i][0]
+            g, rx, ry, rq = (np.concatenate([p[k] for p in self.parts[i:j]]) for k in range(4))
+            counts = _pair_counts_ranked(g - base, rx, ry, rq, self.spans[j - 1][1] - base)
+            out.extend(counts[slice(a - base, b - base)] for a, b in self.spans[i:j])
+            i = j
+        for c, dup in zip(out, self.dups):
+            if dup is not None:         # copies of one model: tied in x, in y, in both
+                c.P = c.P - dup
+                c.tx = c.tx - dup
+                c.ty = c.ty - dup
+                c.tb = c.tb - dup
+        return out
 
 
 def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarray,
                 st: _Structure, opts: ScoreOptions, max_k: int) -> dict[str, dict[str, float]]:
     """Every score of every measure on the population idx (model indices; repeats allowed)."""
     g_all = gap[idx]
-    blocks = _Blocks()
+    blocks = _Blocks(gap.size, dedup=bool(np.unique(idx).size < idx.size))
     plan: dict[str, dict[str, Any]] = {}
     for name, values in measures.items():
         c_all = values[idx]
@@ -511,16 +586,18 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
         pos = np.flatnonzero(ok)
         m = idx[pos]
         x, y = c_all[pos], g_all[pos]
+        rx = _ranks(x) if x.size else np.zeros(0, dtype=np.int64)
+        ry, rq = _tol_ranks(y, opts.gap_tol) if y.size else (rx, rx)
         p: dict[str, Any] = {"n": int(pos.size)}
         # conditional MI: one block per subset (cells as groups); subset 0 gives tau too
-        p["subsets"] = [blocks.add(cells[m], nc, x, y, opts.gap_tol) for cells, nc in st.subset_cells]
+        p["subsets"] = [blocks.add(cells[m], nc, rx, ry, rq, m) for cells, nc in st.subset_cells]
         # MI with each 'against' hyperparameter: one group, exact ties
         p["against"] = []
         for hv in st.against_vals:
             hvm = hv[m]
             okh = np.isfinite(hvm)
-            p["against"].append(blocks.add(np.zeros(int(okh.sum()), dtype=np.int64), 1,
-                                           x[okh], hvm[okh], 0.0))
+            rh = _ranks(hvm[okh]) if okh.any() else np.zeros(0, dtype=np.int64)
+            p["against"].append(blocks.add(np.zeros(rh.size, dtype=np.int64), 1, rx[okh], rh, rh, m[okh]))
         # granulated tau: per hp, cells with every other hp fixed
         p["gran"] = []
         for (cells, nc), gc in zip(st.gran_cells, st.gran_codes):
@@ -528,18 +605,18 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
             # only cells where the varied hp takes at least two values say anything about it
             K = int(gc.max()) + 1 if gc.size else 1
             k_vals = np.bincount(np.unique(cm * K + gc[m]) // K, minlength=nc)
-            p["gran"].append((blocks.add(cm, nc, x, y, opts.gap_tol), k_vals >= 2))
+            p["gran"].append((blocks.add(cm, nc, rx, ry, rq, m), k_vals >= 2))
         # sign-error: settings, and the union of both settings of every environment
         if st.env_a.size and opts.pair_weight == "none":
             s = st.setting[m]
-            p["settings"] = blocks.add(s, st.n_settings, x, y, opts.gap_tol)
+            p["settings"] = blocks.add(s, st.n_settings, rx, ry, rq, m)
             order = np.argsort(s, kind="stable")
             size = np.bincount(s, minlength=st.n_settings)
             start = np.cumsum(size) - size
             ia, ea = _expand(start[st.env_a], size[st.env_a])
             ib, eb = _expand(start[st.env_b], size[st.env_b])
             el = order[np.concatenate([ia, ib])]
-            p["envs"] = blocks.add(np.concatenate([ea, eb]), st.env_a.size, x[el], y[el], opts.gap_tol)
+            p["envs"] = blocks.add(np.concatenate([ea, eb]), st.env_a.size, rx[el], ry[el], rq[el], m[el])
             p["env_sizes"] = size[st.env_a].astype(float) * size[st.env_b]
         p["xy"] = (m, x, y)
         plan[name] = p

@@ -1,8 +1,18 @@
-"""Built-in datasets that need no download: MNIST-1D (generated) and scikit-learn's digits."""
+"""Built-in datasets.
+
+Offline: MNIST-1D (generated) and scikit-learn's digits. Torchvision-backed image sets
+(``cifar10``, ``cifar100``, ``svhn``, ``mnist``, ``fashion_mnist``) read the files a user
+put under ``root`` with torchvision's own classes (downloading only with
+``download=true``), normalise with the standard per-channel constants and can augment
+training batches. See docs/models-and-data.md.
+"""
 
 from __future__ import annotations
 
+import os
+import pickle
 import random
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -61,6 +71,14 @@ class MNIST1D(Dataset):
             x, xt = x[:, None, :], xt[:, None, :]
         return _bundle("mnist1d", x, y, xt, d["y_test"], 10)
 
+    def shape(self) -> dict[str, Any]:
+        """Sizes without loading (for run-time estimates)."""
+        n_train = int(self.params.num_samples * self.params.train_split)
+        n_train = min(n_train, self.params.n_train or n_train)
+        return {"input_shape": (40,) if self.params.layout == "flat" else (1, 40), "n_classes": 10,
+                "n_train": n_train, "n_test": self.params.num_samples - int(
+                    self.params.num_samples * self.params.train_split)}
+
 
 class Digits(Dataset):
     """scikit-learn's 8x8 handwritten digits (1,797 images, shipped with scikit-learn), scaled to [0, 1]."""
@@ -87,8 +105,284 @@ class Digits(Dataset):
             x = x.reshape(-1, 1, 8, 8)
         return _bundle("digits", x[train], y[train], x[test], y[test], 10)
 
+    def shape(self) -> dict[str, Any]:
+        """Sizes without loading (for run-time estimates)."""
+        n_test = int(round(1797 * self.params.test_fraction))
+        return {"input_shape": (64,) if self.params.layout == "flat" else (1, 8, 8),
+                "n_classes": 10, "n_train": 1797 - n_test, "n_test": n_test}
+
+
+# -- torchvision-backed image datasets ----------------------------------------------------
+def data_root(root: str | None) -> str:
+    """The user's data folder: ``root``, else $GENBENCH_DATA, else ~/.genbench/data."""
+    return os.path.expanduser(root or os.environ.get("GENBENCH_DATA") or "~/.genbench/data")
+
+
+class RandomCropFlip:
+    """Training-batch augmentation: random crop after padding ``pad`` pixels on each side
+    (filled with ``fill``, per channel: black in the data's units), and, if ``flip``, a
+    horizontal flip with probability 1/2. Vectorised over the batch; picklable."""
+
+    def __init__(self, pad: int, flip: bool, fill: list[float]):
+        self.pad, self.flip, self.fill = pad, flip, list(fill)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = self.pad
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
+        fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+        padded = fill.expand(b, c, h + 2 * p, w + 2 * p).clone()
+        padded[:, :, p:p + h, p:p + w] = x
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        out = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                     torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+        if self.flip:
+            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+            out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+        return out
+
+
+class ImageParams(Params):
+    root: str | None = Field(None, description="folder holding the dataset's files, as torchvision "
+                             "lays them out (default: $GENBENCH_DATA, else ~/.genbench/data)")
+    download: bool = Field(False, description="let torchvision download the files (needs a network)")
+    verify: bool = Field(True, description="keep torchvision's MD5 check of the files (CIFAR, SVHN); "
+                         "false loads files that fail it, e.g. re-packed copies or test fixtures")
+    n_train: int | None = Field(None, ge=1, description="random subset of the training set")
+    n_test: int | None = Field(None, ge=1, description="random subset of the test set")
+    subset_seed: int = 0
+    normalize: bool = Field(True, description="subtract the standard per-channel mean, divide by std")
+    augment: bool = Field(False, description="random crop (+ flip where it makes sense) of training batches")
+    layout: Literal["image", "flat"] = Field("image", description="(N, C, H, W) or flattened (N, C*H*W)")
+
+
+class TorchvisionImages(Dataset):
+    """Base of the torchvision-backed loaders: subclasses say which class, sizes and constants."""
+
+    version = "1"
+    Params = ImageParams
+    n_classes: ClassVar[int] = 10
+    sizes: ClassVar[tuple[int, int]] = (0, 0)  # official (train, test) sizes
+    image_shape: ClassVar[tuple[int, int, int]] = (3, 32, 32)
+    mean: ClassVar[tuple[float, ...]] = ()
+    std: ClassVar[tuple[float, ...]] = ()
+    crop_pad: ClassVar[int] = 4
+    flip: ClassVar[bool] = False
+
+    # -- per-dataset pieces ----------------------------------------------------------
+    def torchvision_class(self, verify: bool) -> type:
+        raise NotImplementedError
+
+    def open(self, cls: type, root: str, train: bool) -> Any:
+        return cls(root, train=train, download=self.params.download)
+
+    @staticmethod
+    def arrays(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images (N, C, H, W), int labels) from a torchvision dataset object."""
+        raise NotImplementedError
+
+    def expected_files(self, root: str) -> list[str]:
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------
+    def load(self) -> DataBundle:
+        p = self.params
+        root = data_root(p.root)
+        cls = self.torchvision_class(p.verify)
+        try:
+            train, test = self.open(cls, root, True), self.open(cls, root, False)
+        except RuntimeError as exc:
+            missing = [f for f in self.expected_files(root) if not os.path.isfile(f)]
+            if missing:
+                raise FileNotFoundError(
+                    f"{self.name}: not found under {root} (missing {', '.join(missing[:3])}"
+                    f"{' ...' if len(missing) > 3 else ''}); put the official files there, point "
+                    "dataset.root (or $GENBENCH_DATA) at them, or set download=true "
+                    "(needs a network)") from None
+            raise RuntimeError(
+                f"{self.name}: torchvision rejected the files under {root} ({exc}); they are "
+                "present but fail its MD5 check, so they are not the official files. Re-download "
+                "them, or set verify=false to load them anyway (the checksums are then not "
+                "compared)") from None
+        x, y = self.arrays(train)
+        xt, yt = self.arrays(test)
+        x, y = _subset(x, y, p.n_train, p.subset_seed)
+        xt, yt = _subset(xt, yt, p.n_test, p.subset_seed + 1)
+        x, xt = self.scale(x), self.scale(xt)
+        if p.layout == "flat":
+            x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
+        bundle = _bundle(self.name, x, y, xt, yt, self.n_classes)
+        if p.augment:
+            if p.layout == "flat":
+                raise ValueError(f"{self.name}: augment=true needs layout='image'")
+            bundle.augment = RandomCropFlip(self.crop_pad, self.flip, self.fill())
+        return bundle
+
+    def scale(self, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32) / 255.0
+        if self.params.normalize:
+            mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
+            std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x
+
+    def fill(self) -> list[float]:
+        """A black pixel in the loaded units (padding of the random crop)."""
+        if not self.params.normalize:
+            return [0.0] * self.image_shape[0]
+        return [-m / s for m, s in zip(self.mean, self.std)]
+
+    def shape(self) -> dict[str, Any]:
+        """Sizes without loading (for run-time estimates)."""
+        p = self.params
+        n_train = min(self.sizes[0], p.n_train or self.sizes[0])
+        n_test = min(self.sizes[1], p.n_test or self.sizes[1])
+        shape = self.image_shape if p.layout == "image" else (int(np.prod(self.image_shape)),)
+        return {"input_shape": shape, "n_classes": self.n_classes, "n_train": n_train,
+                "n_test": n_test}
+
+
+def _unverified_cifar(base: type) -> type:
+    """torchvision's CIFAR class with the MD5 comparison left out (files must still exist);
+    the parsing is torchvision's own."""
+    from torchvision.datasets.utils import check_integrity
+
+    class Unverified(base):
+        def _check_integrity(self) -> bool:
+            return all(check_integrity(os.path.join(self.root, self.base_folder, f))
+                       for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+            if not check_integrity(path):
+                raise RuntimeError("Dataset metadata file not found")
+            with open(path, "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    Unverified.__name__ = f"Unverified{base.__name__}"
+    return Unverified
+
+
+class CIFAR10(TorchvisionImages):
+    """CIFAR-10 through torchvision (cifar-10-batches-py under root): 50,000 + 10,000 32x32 colour images."""
+
+    name = "cifar10"
+    n_classes = 10
+    sizes = (50000, 10000)
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+    flip = True
+
+    def torchvision_class(self, verify):
+        from torchvision.datasets import CIFAR10 as tv
+
+        return tv if verify else _unverified_cifar(tv)
+
+    @staticmethod
+    def arrays(ds):
+        return ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets)
+
+    def expected_files(self, root):
+        from torchvision.datasets import CIFAR10 as tv
+
+        names = [f for f, _ in tv.train_list + tv.test_list] + [tv.meta["filename"]]
+        return [os.path.join(root, tv.base_folder, f) for f in names]
+
+
+class CIFAR100(CIFAR10):
+    """CIFAR-100 (fine labels) through torchvision (cifar-100-python under root): 50,000 + 10,000 images."""
+
+    name = "cifar100"
+    n_classes = 100
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)
+
+    def torchvision_class(self, verify):
+        from torchvision.datasets import CIFAR100 as tv
+
+        return tv if verify else _unverified_cifar(tv)
+
+    def expected_files(self, root):
+        from torchvision.datasets import CIFAR100 as tv
+
+        names = [f for f, _ in tv.train_list + tv.test_list] + [tv.meta["filename"]]
+        return [os.path.join(root, tv.base_folder, f) for f in names]
+
+
+class SVHN(TorchvisionImages):
+    """SVHN cropped digits through torchvision (train_32x32.mat, test_32x32.mat under root); label 10 -> 0."""
+
+    name = "svhn"
+    n_classes = 10
+    sizes = (73257, 26032)
+    mean = (0.4377, 0.4438, 0.4728)
+    std = (0.1980, 0.2010, 0.1970)
+    flip = False  # digits are not mirror-symmetric
+
+    def torchvision_class(self, verify):
+        from torchvision.datasets import SVHN as tv
+        from torchvision.datasets.utils import check_integrity
+
+        if verify:
+            return tv
+
+        class UnverifiedSVHN(tv):
+            def _check_integrity(self) -> bool:
+                return check_integrity(os.path.join(self.root, self.filename))
+
+        return UnverifiedSVHN
+
+    def open(self, cls, root, train):
+        return cls(root, split="train" if train else "test", download=self.params.download)
+
+    @staticmethod
+    def arrays(ds):
+        return ds.data, np.asarray(ds.labels)
+
+    def expected_files(self, root):
+        return [os.path.join(root, f) for f in ("train_32x32.mat", "test_32x32.mat")]
+
+
+class MNIST(TorchvisionImages):
+    """MNIST through torchvision (MNIST/raw/*-ubyte under root): 60,000 + 10,000 28x28 digits."""
+
+    name = "mnist"
+    n_classes = 10
+    sizes = (60000, 10000)
+    image_shape = (1, 28, 28)
+    mean = (0.1307,)
+    std = (0.3081,)
+    crop_pad = 2
+    tv_name = "MNIST"
+
+    def torchvision_class(self, verify):
+        # torchvision checks no MD5 when it reads MNIST's raw files: verify changes nothing.
+        import torchvision.datasets as tvd
+
+        return getattr(tvd, self.tv_name)
+
+    @staticmethod
+    def arrays(ds):
+        return ds.data.numpy()[:, None], ds.targets.numpy()
+
+    def expected_files(self, root):
+        return [os.path.join(root, self.tv_name, "raw", f"{s}-{k}-idx{n}-ubyte")
+                for s in ("train", "t10k") for k, n in (("images", 3), ("labels", 1))]
+
+
+class FashionMNIST(MNIST):
+    """Fashion-MNIST through torchvision (FashionMNIST/raw/*-ubyte under root): 60,000 + 10,000 images."""
+
+    name = "fashion_mnist"
+    mean = (0.2860,)
+    std = (0.3530,)
+    tv_name = "FashionMNIST"
+
 
 @genbench.hookimpl
 def register_datasets(register):
-    register(MNIST1D)
-    register(Digits)
+    for cls in (MNIST1D, Digits, CIFAR10, CIFAR100, SVHN, MNIST, FashionMNIST):
+        register(cls)

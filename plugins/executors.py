@@ -1,23 +1,304 @@
-"""Built-in executors: how a population's training jobs are run."""
+"""Built-in executors: how a population's training jobs are run.
+
+- ``local``: in this process, group after group (each group one stacked
+  computation when batching is on), with a thread count fitted to the idle cores.
+- ``process``: a pool of worker processes across the cores (or one per GPU); each
+  worker rebuilds the plugin registry and loads the data itself, and every
+  group's results come back to this process, which stores them as they arrive.
+- ``ray``: one Ray task per group on a Ray cluster (``address='auto'``) or a local
+  instance, GPUs requested per task when training on CUDA; results are stored as
+  each task finishes, so an interrupted cluster run resumes like any other.
+
+Every executor hands each result to ``on_done`` in the calling process as soon as
+its group finishes: the store is only ever written from there.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field
+
 import genbench
-from genbench.components import Executor
+from genbench.components import Executor, Params
+
+
+# -- threads ------------------------------------------------------------------------
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def sensible_threads(cores: int | None = None) -> int:
+    """Torch threads for one process: the usable cores other processes leave idle.
+
+    OpenMP parallel regions wait for every thread, so when other processes keep the
+    cores busy a thread that is descheduled stalls the rest; on this project's shared
+    2-core machine two threads trained a small MLP 20-30x slower than one (see
+    docs/performance-training.md). The 1-minute load average, less this process,
+    estimates the busy cores. ``OMP_NUM_THREADS`` set by the user wins.
+    """
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = cores or usable_cores()
+    try:
+        others = max(0.0, os.getloadavg()[0] - 1.0)
+    except OSError:  # pragma: no cover
+        others = 0.0
+    return max(1, min(cores, int(cores - others + 0.5)))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Set torch's intra-op thread count for a block, then restore it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class LocalExecutor(Executor):
-    """In-process, one job after another; each result is stored before the next starts."""
+    """In-process, group after group; each result is stored before the next group starts."""
 
     name = "local"
     version = "1"
 
+    class Params(Params):
+        threads: int | None = Field(None, ge=1, description="torch threads (default: the idle usable cores)")
+
     def run(self, jobs, train, on_done):
-        for group in train.groups(jobs):
-            for job, result in zip(group, train.train_group(group)):
-                on_done(job, result)
+        with torch_threads(self.params.threads or sensible_threads()):
+            for group in train.groups(jobs):
+                for job, result in zip(group, train.train_group(group)):
+                    on_done(job, result)
+
+
+# -- what a worker (process or Ray task) needs to rebuild the trainer ---------------
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Picklable recipe for a worker's Trainer: the worker loads the registry itself
+    (entry points, under the inherited GENBENCH_PLUGINS settings) and imports any
+    plugin the caller added by hand (``load_registry(extra=...)``) by module name."""
+
+    extra_plugins: tuple[tuple[str, str, str], ...]  # (plugin name, module, version)
+    batching: bool
+    threads: int
+
+
+def extra_plugins(registry: Any) -> tuple[tuple[str, str, str], ...]:
+    """Plugins of ``registry`` that a fresh ``get_registry()`` would not load."""
+    from genbench.plugins import load_registry
+
+    fresh = load_registry()
+    modules: dict[str, str] = {}
+    for table in registry.components.values():
+        for entry in table.values():
+            modules.setdefault(entry.plugin, entry.cls.__module__)
+    return tuple((name, modules[name], info.version) for name, info in registry.plugins.items()
+                 if name not in fresh.plugins and name in modules)
+
+
+def worker_registry(setup: WorkerSetup) -> Any:
+    from genbench.plugins import get_registry
+
+    registry = get_registry()
+    for name, module, version in setup.extra_plugins:
+        if name not in registry.plugins:
+            registry.add_plugin(importlib.import_module(module), name, version)
+    return registry
+
+
+def make_trainer(setup: WorkerSetup, device: str) -> Any:
+    from genbench.runner import DataCache, Trainer
+
+    registry = worker_registry(setup)
+    return Trainer(registry, DataCache(registry), device, setup.batching)
+
+
+def pack_results(results: list[Any]) -> bytes:
+    """Results as plain pickle bytes: tensors travel inline (no shared-memory file
+    descriptors to leak), and an exception that cannot be pickled becomes a
+    RuntimeError with its type and message."""
+    safe = []
+    for r in results:
+        if isinstance(r, BaseException):
+            try:
+                pickle.loads(pickle.dumps(r))
+            except Exception:  # noqa: BLE001
+                r = RuntimeError(f"{type(r).__name__}: {r}")
+        safe.append(r)
+    return pickle.dumps(safe)
+
+
+def train_packed(trainer: Any, group: list[Any]) -> bytes:
+    try:
+        results = trainer.train_group(group)
+    except Exception as exc:  # noqa: BLE001 - recorded per model, the run goes on
+        results = [exc] * len(group)
+    return pack_results(results)
+
+
+def balance(groups: list[list[Any]], workers: int) -> list[list[Any]]:
+    """Split the largest groups in halves until every worker has one, largest first
+    (a stack trains fastest whole, but an idle worker trains nothing)."""
+    groups = [list(g) for g in groups]
+    while len(groups) < workers:
+        big = max(range(len(groups)), key=lambda i: len(groups[i]), default=None)
+        if big is None or len(groups[big]) < 2:
+            break
+        g = groups.pop(big)
+        groups += [g[:len(g) // 2], g[len(g) // 2:]]
+    return sorted(groups, key=len, reverse=True)
+
+
+# -- process pool -------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(devices: Any, default_device: str, setup: WorkerSetup) -> None:
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    torch.set_num_threads(setup.threads)
+    # Each worker takes one device; a worker the pool restarts reuses the first.
+    _WORKER["trainer"] = make_trainer(setup, default_device if devices.empty() else devices.get())
+
+
+def _train_in_worker(item: tuple[int, list[Any]]) -> tuple[int, bytes]:
+    index, group = item
+    return index, train_packed(_WORKER["trainer"], group)
+
+
+def gpu_count(device: str) -> int:
+    import torch
+
+    return torch.cuda.device_count() if device.startswith("cuda") else 0
+
+
+class ProcessExecutor(Executor):
+    """A pool of worker processes across the usable cores, or one per GPU on CUDA."""
+
+    name = "process"
+    version = "1"
+
+    class Params(Params):
+        workers: int | None = Field(None, ge=1, description="worker processes (default: one per GPU "
+                                    "when training on cuda, else one per usable core)")
+        threads: int | None = Field(None, ge=1, description="torch threads per worker (default: "
+                                    "usable cores / workers)")
+        start_method: str = Field("spawn", pattern="^(spawn|forkserver|fork)$",
+                                  description="multiprocessing start method (spawn is safe with "
+                                  "threads and CUDA)")
+
+    def run(self, jobs, train, on_done):
+        import multiprocessing
+
+        gpus = gpu_count(train.device)
+        workers = self.params.workers or gpus or usable_cores()
+        groups = balance(train.groups(jobs), workers)
+        workers = max(1, min(workers, len(groups)))
+        if gpus and train.device == "cuda":
+            devices = [f"cuda:{i % gpus}" for i in range(workers)]
+        else:
+            devices = [train.device] * workers
+        threads = self.params.threads or max(1, usable_cores() // workers)
+        setup = WorkerSetup(extra_plugins(train.registry), train.batching, threads)
+        ctx = multiprocessing.get_context(self.params.start_method)
+        device_queue = ctx.SimpleQueue()
+        for d in devices:
+            device_queue.put(d)
+        with ctx.Pool(workers, initializer=_init_worker,
+                      initargs=(device_queue, devices[0], setup)) as pool:
+            for index, packed in pool.imap_unordered(_train_in_worker, list(enumerate(groups))):
+                for job, result in zip(groups[index], pickle.loads(packed)):
+                    on_done(job, result)
+
+
+# -- Ray ----------------------------------------------------------------------------
+def _ray_train(group: list[Any], device: str, setup: WorkerSetup) -> bytes:
+    """One Ray task: train a group (the worker keeps its trainer and data between tasks)."""
+    import torch
+
+    torch.set_num_threads(setup.threads)
+    key = (setup, device)
+    if _WORKER.get("ray_key") != key:
+        _WORKER["ray_key"], _WORKER["ray_trainer"] = key, make_trainer(setup, device)
+    return train_packed(_WORKER["ray_trainer"], group)
+
+
+class RayExecutor(Executor):
+    """A Ray cluster or local instance: one task per group, stored as each task finishes."""
+
+    name = "ray"
+    version = "1"
+
+    class Params(Params):
+        address: str | None = Field(None, description="cluster to join ('auto': the running "
+                                    "cluster, or 'ray://host:port'); default: the Ray instance "
+                                    "this process already started, else a new local one")
+        num_cpus: float = Field(1, gt=0, description="CPUs per task (also its torch threads)")
+        num_gpus: float | None = Field(None, ge=0, description="GPUs per task (default: 1 when "
+                                       "training on cuda, else 0)")
+        temp_dir: str | None = Field(None, description="where a new local instance keeps its files")
+
+    def run(self, jobs, train, on_done):
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError("executor 'ray' needs Ray: pip install 'genbench[ray]'") from None
+        started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if self.params.address is not None:
+                kwargs["address"] = self.params.address
+            if self.params.temp_dir is not None:
+                kwargs["_temp_dir"] = self.params.temp_dir
+            ray.init(**kwargs)
+            started = True
+        on_gpu = train.device.startswith("cuda")
+        gpus = self.params.num_gpus if self.params.num_gpus is not None else (1 if on_gpu else 0)
+        # Ray shows a task only its GPUs (CUDA_VISIBLE_DEVICES): it trains on "cuda".
+        device = "cuda" if on_gpu and gpus else train.device
+        setup = WorkerSetup(extra_plugins(train.registry), train.batching,
+                            max(1, int(self.params.num_cpus)))
+        task = ray.remote(_ray_train).options(num_cpus=self.params.num_cpus, num_gpus=gpus)
+        pending: dict[Any, list[Any]] = {}
+        try:
+            for group in train.groups(jobs):
+                pending[task.remote(group, device, setup)] = group
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    group = pending.pop(ref)
+                    for job, result in zip(group, pickle.loads(ray.get(ref))):
+                        on_done(job, result)
+        finally:
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            if started:
+                ray.shutdown()
 
 
 @genbench.hookimpl
 def register_executors(register):
     register(LocalExecutor)
+    register(ProcessExecutor)
+    register(RayExecutor)

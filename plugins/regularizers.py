@@ -162,7 +162,7 @@ class ReverseNoiseHandler(TapHandler):
     def _refresh(self, st: _UnitStats) -> None:
         cov = reverse_noise_covariance(st.moment, self.p.damping, self.p.normalize)
         factor, st.clipped = psd_factor(cov)
-        st.factor = factor
+        st.factor = factor.float()  # sampled in float32; the inversion and eigh are float64
         st.rms = math.sqrt(float(torch.diagonal(st.moment).mean().clamp(min=0))) \
             if self.p.normalize else 1.0
         st.refreshes += 1
@@ -170,7 +170,7 @@ class ReverseNoiseHandler(TapHandler):
     def _sample(self, st: _UnitStats, like: torch.Tensor) -> torch.Tensor:
         """strength * eta with eta ~ N(mean * rms, clip(r(Sigma))), shaped like ``like``."""
         n_rows = like.numel() // like.shape[1]
-        z = torch.randn(n_rows, st.factor.shape[0], device=like.device, dtype=st.factor.dtype)
+        z = torch.randn(n_rows, st.factor.shape[0], device=like.device)
         eta = z @ st.factor.T
         if self.p.mean:
             eta = eta + self.p.mean * st.rms

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genbench.scoring import (PRESETS, ScoreOptions, _count_earlier_greater, pair_counts,
-                              resolve_options, score_paths, score_population)
+from genbench.scoring import (PRESETS, ScoreOptions, _count_earlier_greater, _score_once,
+                              _structure, pair_counts, resolve_options, score_paths,
+                              score_population)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,8 +69,10 @@ def bf_hoeffding(dg, n, shift):
     return h - shift if h > shift else 0.0
 
 
-def bf_score(c, g, hp, condition_on, against, opts: ScoreOptions, max_omega=2):
-    """Every score of one measure, literally, over ordered pairs."""
+def bf_score(c, g, hp, condition_on, against, opts: ScoreOptions, max_omega=2, orig=None):
+    """Every score of one measure, literally, over ordered pairs (skipping pairs of two
+    copies of one model, orig[i] == orig[j], as a bootstrap resample must)."""
+    orig = list(range(len(c))) if orig is None else orig
     models = [i for i in range(len(c)) if math.isfinite(c[i]) and math.isfinite(g[i])]
     tol = opts.gap_tol
 
@@ -78,7 +81,7 @@ def bf_score(c, g, hp, condition_on, against, opts: ScoreOptions, max_omega=2):
         return [(sgn(c[i], c[j]), sgn(t[i], t[j], ttol)) for i, j in pairs]
 
     def ordered(ms):
-        return [(i, j) for i in ms for j in ms if i != j]
+        return [(i, j) for i in ms for j in ms if i != j and orig[i] != orig[j]]
 
     def cells(ms, names):
         out = {}
@@ -204,11 +207,12 @@ def random_population(rng, n, ties=True):
 
 def test_count_earlier_greater_bruteforce():
     rng = np.random.default_rng(1)
-    for n in (0, 1, 2, 3, 7, 16, 33, 100):
-        x = rng.integers(0, 10, n)
-        q = rng.integers(0, 10, n)
-        want = [sum(1 for l in range(k) if x[l] > q[k]) for k in range(n)]
-        assert _count_earlier_greater(x, q).tolist() == want
+    for n in (0, 1, 2, 3, 7, 16, 33, 64, 65, 100, 129, 300):
+        for hi in (3, 50):
+            x = rng.integers(0, hi, n)
+            q = rng.integers(0, hi, n)
+            want = [sum(1 for l in range(k) if x[l] > q[k]) for k in range(n)]
+            assert _count_earlier_greater(x, q).tolist() == want, (n, hi)
 
 
 @pytest.mark.parametrize("tol", [0.0, 0.1, 0.25])
@@ -535,6 +539,25 @@ def test_string_and_object_hyperparameters():
 # ---------------------------------------------------------------------------------------
 # bootstrap, options, output shape
 # ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset,over", [("jiang", {}), ("paper", {}), ("pgdl", {}),
+                                         ("jiang", {"pair_weight": "hoeffding", "n_test": 200})])
+def test_resample_skips_pairs_of_copies(preset, over):
+    """A bootstrap resample repeats models; every score on it equals the brute force over
+    the resampled rows with pairs of two copies of one model left out."""
+    rng = np.random.default_rng(11)
+    measures, gaps, hp = random_population(rng, 30)
+    opts = resolve_options(preset, **over)
+    idx = rng.integers(0, 30, 30)
+    assert np.unique(idx).size < idx.size
+    st = _structure(30, hp, ["a", "b", "c"], ["d"], 2)
+    got = _score_once(idx, measures, gaps[opts.gap], st, opts, 2)
+    hp_rows = {h: [v.tolist()[i] for i in idx] for h, v in hp.items()}
+    for name, c in measures.items():
+        want = bf_score([c[i] for i in idx], [gaps[opts.gap][i] for i in idx], hp_rows,
+                        ["a", "b", "c"], ["d"], opts, orig=idx.tolist())
+        assert_close(got[name], want)
+
 
 def test_bootstrap_intervals():
     rng = np.random.default_rng(8)

@@ -1,0 +1,349 @@
+"""The two sharpness searches behind measures 5-8 of science.md section 2.
+
+- :func:`sigma_search`: the PAC-Bayes sharpness sigma, the largest standard
+  deviation sigma such that max_{sigma' <= sigma} |E L(W + U') - L(W)| <= eps with
+  U' ~ N(0, sigma'^2 I). Shared by ``pac_sharpness``, ``pac_s_laplace`` and
+  ``pac_s_sampling`` (through :meth:`genbench.context.MeasureContext.sigma`).
+- :func:`alpha_search`: the worst-case (magnitude-aware) sharpness alpha', the
+  largest alpha' such that projected gradient *ascent* inside the box
+  |w - w_F| <= alpha' (|w_F| + magnitude_eps) cannot raise the loss by more than
+  eps. Used by ``sharpness_alpha`` (through ``MeasureContext.alpha``).
+
+Both evaluate the loss of K perturbed copies of the network at once, as one
+``torch.func.vmap`` over ``functional_call`` (``batched=True``), or one copy after
+the other (``batched=False``); ``benchmarks/bench_measures.py`` times the two.
+Every draw comes from a generator seeded by the ``seed`` param, so a search is
+deterministic and does not touch the global RNG. Design choices are in
+``docs/measures.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+from torch.func import functional_call, vmap
+
+from genbench.components import Params
+
+if TYPE_CHECKING:  # pragma: no cover
+    from genbench.context import MeasureContext
+
+SIGMA_VERSION = "1"
+ALPHA_VERSION = "1"
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def default_eps(n_classes: int) -> float:
+    """science.md: eps = 0.05 for CIFAR-10/SVHN-like tasks, 0.1 for CIFAR-100/ImageNet-32-like.
+    We read "-like" as the number of classes: 100 or more classes -> 0.1, else 0.05
+    (so MNIST-1D and digits, 10 classes each, get 0.05)."""
+    return 0.1 if n_classes >= 100 else 0.05
+
+
+class SearchParams(Params):
+    """What both searches share. ``eps=None`` picks :func:`default_eps` from the dataset."""
+
+    eps: float | None = Field(None, gt=0, description="allowed rise of the training loss "
+                              "(or error); None: 0.05 below 100 classes, 0.1 from 100 classes")
+    criterion: Literal["loss", "error"] = Field(
+        "loss", description="what eps bounds: mean training cross-entropy or training error")
+    lower: float = Field(0.0, ge=0, description="lower end of the binary search")
+    upper: float = Field(2.0, gt=0, description="upper end of the binary search")
+    n_samples: int | None = Field(
+        2048, ge=1, description="training samples the loss is estimated on (a fixed random "
+        "subset drawn with `seed`); None = the whole training set")
+    perturb: Literal["weights", "all"] = Field(
+        "weights", description="perturb the measured weight matrices only (the parameters the "
+        "KL term sums over), or every parameter (biases, BatchNorm affine too)")
+    batched: bool = Field(True, description="evaluate the K perturbed copies in one vmap "
+                          "(True) or one after the other (False); same numbers")
+    rows_per_pass: int = Field(65536, ge=1, description="copies x samples per forward pass "
+                               "(memory bound for big models)")
+    seed: int = Field(0, description="seed of the data subset, noise and random starts")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self):
+        if not self.lower < self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        return self
+
+
+class SigmaParams(SearchParams):
+    """The PAC-Bayes sigma search. Defaults: bounds [0, 2], depth 15, 10 draws (Jiang et al.)."""
+
+    depth: int = Field(15, ge=1, le=60, description="bisection steps")
+    draws: int = Field(10, ge=1, description="Monte-Carlo draws of U' per probed sigma")
+    envelope: int = Field(3, ge=0, description="after the bisection, also check sigma' = "
+                          "j/(envelope+1) * sigma for j=1..envelope (the max over sigma' <= "
+                          "sigma); a failure restarts the bisection below it")
+
+
+class AlphaParams(SearchParams):
+    """The worst-case sharpness alpha' search (projected sign-gradient ascent in a box)."""
+
+    depth: int = Field(10, ge=1, le=60, description="bisection steps on alpha'")
+    restarts: int = Field(3, ge=1, description="random starts of the ascent (run as a batch)")
+    steps: int = Field(10, ge=0, description="ascent steps per start")
+    step_size: float = Field(0.25, gt=0, description="step as a fraction of the box half-width")
+    magnitude_eps: float = Field(1e-3, ge=0, description="box half-width is alpha' (|w_F| + this)")
+
+
+P = Any  # a SearchParams subclass
+
+
+def resolve(params: P, n_classes: int) -> P:
+    """``params`` with ``eps`` filled in from the dataset when it was left at None."""
+    if params.eps is None:
+        return params.model_copy(update={"eps": default_eps(n_classes)})
+    return params
+
+
+# -- evaluating the loss of perturbed copies ----------------------------------------
+
+class PerturbedLoss:
+    """Training loss and error of ``model`` with parameters ``w + delta`` for K deltas at once.
+
+    ``names`` are the parameters perturbed (the rest keep their values); a delta
+    is a dict {name: tensor of shape (K, *param.shape)}. The model must be in
+    eval mode (no dropout noise): the search measures the trained function.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor,
+                 loss_fn: LossFn = F.cross_entropy, batched: bool = True,
+                 rows_per_pass: int = 65536):
+        params = dict(model.named_parameters())
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise KeyError(f"no parameters named {missing} in the model")
+        self.model = model.eval()
+        self.names = list(names)
+        self.base = {n: params[n].detach() for n in self.names}
+        self.x, self.y = x, y
+        self.loss_fn = loss_fn
+        self.batched = batched
+        self.rows_per_pass = rows_per_pass
+        self.evaluations = 0  # perturbed copies evaluated (forward passes over the subset)
+
+    def _one(self, delta: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor):
+        out = functional_call(self.model, {n: self.base[n] + delta[n] for n in self.names}, (xb,))
+        return self.loss_fn(out, yb), (out.argmax(-1) != yb).sum()
+
+    def evaluate(self, delta: dict[str, torch.Tensor], with_grad: bool = False):
+        """(loss, error) per copy, each of shape (K,); with ``with_grad`` also the gradient
+        of each copy's loss w.r.t. its delta (a dict like ``delta``)."""
+        k = next(iter(delta.values())).shape[0]
+        n = self.x.shape[0]
+        chunk = max(1, self.rows_per_pass // k)
+        if with_grad:
+            delta = {name: d.detach().requires_grad_(True) for name, d in delta.items()}
+        loss = torch.zeros(k, device=self.x.device)
+        wrong = torch.zeros(k, device=self.x.device)
+        grads = {name: torch.zeros_like(d) for name, d in delta.items()} if with_grad else None
+        with torch.set_grad_enabled(with_grad):
+            for i in range(0, n, chunk):
+                xb, yb = self.x[i:i + chunk], self.y[i:i + chunk]
+                if self.batched:
+                    lb, wb = vmap(self._one, in_dims=(0, None, None))(delta, xb, yb)
+                else:
+                    parts = [self._one({nm: d[j] for nm, d in delta.items()}, xb, yb)
+                             for j in range(k)]
+                    lb = torch.stack([p[0] for p in parts])
+                    wb = torch.stack([p[1] for p in parts])
+                lb = lb * (xb.shape[0] / n)
+                if with_grad:
+                    # Copies are independent, so the gradient of the sum is each copy's gradient.
+                    g = torch.autograd.grad(lb.sum(), [delta[nm] for nm in self.names])
+                    for nm, gi in zip(self.names, g):
+                        grads[nm] += gi
+                loss += lb.detach()
+                wrong += wb.detach().to(loss.dtype)
+        self.evaluations += k
+        return (loss, wrong / n, grads) if with_grad else (loss, wrong / n)
+
+    def value(self, delta: dict[str, torch.Tensor], criterion: str) -> torch.Tensor:
+        loss, err = self.evaluate(delta)
+        return loss if criterion == "loss" else err
+
+    def zeros(self, k: int = 1) -> dict[str, torch.Tensor]:
+        return {n: torch.zeros((k, *w.shape), dtype=w.dtype, device=w.device)
+                for n, w in self.base.items()}
+
+
+def draw_noise(base: dict[str, torch.Tensor], sigma: float, draws: int,
+               generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``draws`` samples of U' ~ N(0, sigma^2 I) shaped like ``base``: standard deviation
+    ``sigma`` (not sigma^2)."""
+    return {n: sigma * torch.randn((draws, *w.shape), generator=generator, dtype=w.dtype,
+                                   device=w.device)
+            for n, w in base.items()}
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# -- the sigma search ------------------------------------------------------------------
+
+def sigma_search(ev: PerturbedLoss, *, eps: float, criterion: str = "loss", lower: float = 0.0,
+                 upper: float = 2.0, depth: int = 15, draws: int = 10, envelope: int = 3,
+                 seed: int = 0) -> dict[str, Any]:
+    """The largest sigma in [lower, upper] with deviation(sigma') <= eps for every probed
+    sigma' <= sigma, where deviation(s) = |mean_k L(W + s Z_k) - L(W)|.
+
+    The same standard-normal directions Z_k (k = 1..draws) are used at every probe
+    (common random numbers), so deviation is a smooth, deterministic function of s
+    and the bisection is a proper one. Returns ``sigma`` = the largest probe that
+    passed (``lower`` if none did), the final bracket and every probe.
+    """
+    device = next(iter(ev.base.values())).device
+    ref = float(ev.value(ev.zeros(), criterion)[0])
+    probes: list[list[float]] = []
+    cache: dict[float, bool] = {}
+
+    def passes(s: float) -> bool:
+        if s not in cache:
+            noise = draw_noise(ev.base, s, draws, _generator(device, seed))
+            dev = abs(float(ev.value(noise, criterion).mean()) - ref)
+            probes.append([s, dev])
+            cache[s] = dev <= eps
+        return cache[s]
+
+    lo, hi = lower, upper
+    if passes(upper):
+        lo = upper
+    for _round in range(4):
+        for _ in range(depth):
+            if lo >= hi:
+                break
+            mid = 0.5 * (lo + hi)
+            if passes(mid):
+                lo = mid
+            else:
+                hi = mid
+        # The max over sigma' <= sigma: check a few smaller sigmas the bisection skipped.
+        failed = [s for s in (lo * j / (envelope + 1) for j in range(1, envelope + 1))
+                  if s > lower and not passes(s)]
+        if not failed:
+            break
+        lo, hi = lower, min(failed)
+    return {"sigma": lo, "bracket": [lo, hi], "eps": eps, "criterion": criterion,
+            "reference": ref, "draws": draws, "probes": probes,
+            "evaluations": ev.evaluations}
+
+
+# -- the worst-case alpha' search ------------------------------------------------------
+
+def ascent(ev: PerturbedLoss, alpha: float, *, criterion: str = "loss", restarts: int = 3,
+           steps: int = 10, step_size: float = 0.25, magnitude_eps: float = 1e-3,
+           seed: int = 0, stop_above: float = math.inf) -> dict[str, Any]:
+    """Projected sign-gradient *ascent* of the loss inside the box
+    |delta| <= alpha (|w_F| + magnitude_eps), from ``restarts`` uniform random starts.
+
+    Returns ``worst`` (the largest criterion value seen, over starts and steps) and
+    ``trace`` (the largest value after each step, starting with the random start).
+    Stops early once ``worst > stop_above`` (the search only needs to know that).
+    """
+    gen = _generator(next(iter(ev.base.values())).device, seed)
+    radius = {n: alpha * (w.abs() + magnitude_eps) for n, w in ev.base.items()}
+    delta = {n: (2 * torch.rand((restarts, *r.shape), generator=gen, dtype=r.dtype,
+                                device=r.device) - 1) * r
+             for n, r in radius.items()}
+    trace: list[float] = []
+    for t in range(steps + 1):
+        last = t == steps
+        if last:
+            loss, err = ev.evaluate(delta)
+        else:
+            loss, err, grad = ev.evaluate(delta, with_grad=True)
+        trace.append(float((loss if criterion == "loss" else err).max()))
+        if max(trace) > stop_above or last:
+            break
+        delta = {n: torch.maximum(torch.minimum(d + step_size * radius[n] * grad[n].sign(),
+                                                radius[n]), -radius[n])
+                 for n, d in delta.items()}
+    return {"worst": max(trace), "trace": trace}
+
+
+def alpha_search(ev: PerturbedLoss, *, eps: float, criterion: str = "loss", lower: float = 0.0,
+                 upper: float = 2.0, depth: int = 10, restarts: int = 3, steps: int = 10,
+                 step_size: float = 0.25, magnitude_eps: float = 1e-3,
+                 seed: int = 0) -> dict[str, Any]:
+    """The largest alpha' in [lower, upper] such that the ascent finds no perturbation
+    in the magnitude-aware box raising the criterion by more than ``eps`` above its
+    value at W^F. Returns ``alpha`` = the largest probe that passed (``lower`` if none)."""
+    ref = float(ev.value(ev.zeros(), criterion)[0])
+    probes: list[list[float]] = []
+
+    def passes(a: float) -> bool:
+        r = ascent(ev, a, criterion=criterion, restarts=restarts, steps=steps,
+                   step_size=step_size, magnitude_eps=magnitude_eps, seed=seed,
+                   stop_above=ref + eps)
+        rise = r["worst"] - ref
+        probes.append([a, rise])
+        return rise <= eps
+
+    lo, hi = lower, upper
+    if passes(upper):
+        lo = upper
+    for _ in range(depth):
+        if lo >= hi:
+            break
+        mid = 0.5 * (lo + hi)
+        if passes(mid):
+            lo = mid
+        else:
+            hi = mid
+    return {"alpha": lo, "bracket": [lo, hi], "eps": eps, "criterion": criterion,
+            "reference": ref, "probes": probes, "evaluations": ev.evaluations}
+
+
+# -- from a measure context ------------------------------------------------------------
+
+def training_subset(ctx: MeasureContext, n_samples: int | None,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random subset of the training data (all of it when ``n_samples`` is None
+    or not smaller), so every probe of a search sees the same samples."""
+    x, y = ctx.data.train_x, ctx.data.train_y
+    if n_samples is None or n_samples >= x.shape[0]:
+        return x, y
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n_samples]
+    idx = idx.sort().values.to(x.device)
+    return x[idx], y[idx]
+
+
+def perturbed_loss(ctx: MeasureContext, params: SearchParams) -> PerturbedLoss:
+    """The evaluator for ``ctx``'s model (a fresh copy) with ``params``' subset and scope."""
+    model = ctx.build()
+    names = (ctx.weight_names() if params.perturb == "weights"
+             else [n for n, p in model.named_parameters() if p.requires_grad])
+    x, y = training_subset(ctx, params.n_samples, params.seed)
+    return PerturbedLoss(model, names, x, y, loss_fn=ctx.loss_fn, batched=params.batched,
+                         rows_per_pass=params.rows_per_pass)
+
+
+def sigma_for(ctx: MeasureContext, params: SigmaParams) -> dict[str, Any]:
+    """:func:`sigma_search` on ``ctx``'s model (``params`` already resolved)."""
+    ev = perturbed_loss(ctx, params)
+    out = sigma_search(ev, eps=params.eps, criterion=params.criterion, lower=params.lower,
+                       upper=params.upper, depth=params.depth, draws=params.draws,
+                       envelope=params.envelope, seed=params.seed)
+    out["n_samples"] = int(ev.x.shape[0])
+    return out
+
+
+def alpha_for(ctx: MeasureContext, params: AlphaParams) -> dict[str, Any]:
+    """:func:`alpha_search` on ``ctx``'s model (``params`` already resolved)."""
+    ev = perturbed_loss(ctx, params)
+    out = alpha_search(ev, eps=params.eps, criterion=params.criterion, lower=params.lower,
+                       upper=params.upper, depth=params.depth, restarts=params.restarts,
+                       steps=params.steps, step_size=params.step_size,
+                       magnitude_eps=params.magnitude_eps, seed=params.seed)
+    out["n_samples"] = int(ev.x.shape[0])
+    return out

@@ -1,0 +1,520 @@
+"""Weight volume (science.md section 1) against exact curvature and closed forms.
+
+Tests (a)-(h) of issue 4, plus the structural null directions, dropout-awareness,
+BatchNorm, the paper-compatible blocks figure and the store-backed report.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from genbench import taps
+from genbench import volume as V
+from genbench.data import DataBundle
+
+
+@pytest.fixture(autouse=True)
+def _double(torch_threads):
+    """Tiny models in float64 so exact comparisons can be tight."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(before)
+
+
+def squared_loss(out, target):
+    return 0.5 * ((out - target) ** 2).sum(1).mean()
+
+
+def weight_block_hessian(net, key, loss_fn, x, y):
+    """Exact Hessian of the mean loss w.r.t. one weight matrix (row-major vec)."""
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    shape = params[key].shape
+
+    def loss_of(w):
+        p = dict(params)
+        p[key] = w.reshape(shape)
+        return loss_fn(functional_call(net, p, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss_of, params[key].reshape(-1))
+
+
+def ggn_block(net, key, x, out_hessian):
+    """Exact Gauss-Newton block E_s[J_s^T H_s J_s] of one weight matrix, by torch.func."""
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    shape = params[key].shape
+
+    def out_of(w, xi):
+        p = dict(params)
+        p[key] = w.reshape(shape)
+        return functional_call(net, p, (xi[None],))[0]
+
+    total = 0
+    for i in range(x.shape[0]):
+        jac = jacrev(out_of)(params[key].reshape(-1), x[i])  # (C, k)
+        total = total + jac.T @ out_hessian(i) @ jac
+    return total / x.shape[0]
+
+
+def kron_log_vol(h, damping):
+    """Brute force: log_vol of the inverse of h + damping * mean(diag) * I."""
+    hd = h + damping * torch.diagonal(h).mean() * torch.eye(h.shape[0])
+    return V.log_vol(torch.linalg.inv(hd))
+
+
+# -- (f) log_vol of a matrix ---------------------------------------------------------
+def test_log_vol_properties():
+    a = torch.randn(7, 7)
+    m = a @ a.T + 0.1 * torch.eye(7)
+    lv = V.log_vol(m)
+    sign, logdet = torch.linalg.slogdet(m)
+    assert sign > 0
+    assert lv == pytest.approx(float(logdet - torch.log(torch.diagonal(m)).sum()), abs=1e-10)
+    assert lv < 0
+    assert V.log_vol(torch.diag(torch.rand(7) + 0.1)) == pytest.approx(0.0, abs=1e-14)
+    assert V.log_vol(37.5 * m) == pytest.approx(lv, abs=1e-10)
+    d = torch.diag(torch.rand(7) * 10 + 0.01)
+    assert V.log_vol(d @ m @ d) == pytest.approx(lv, abs=1e-9)
+    # Batched version agrees and marks singular matrices as NaN, never -inf.
+    stack = torch.stack([m, torch.ones(7, 7)])
+    out = V.batched_log_vol(stack)
+    assert float(out[0]) == pytest.approx(lv, abs=1e-10) and math.isnan(float(out[1]))
+
+
+# -- (a) one linear layer, squared loss --------------------------------------------------
+@pytest.mark.parametrize("damping", [1e-1, 1e-3, 1e-6])
+def test_single_linear_layer_matches_bruteforce_hessian(damping):
+    lin = nn.Linear(4, 3, bias=False)
+    x = torch.randn(50, 4) @ torch.randn(4, 4)
+    y = torch.randn(50, 3)
+    factors = V.kronecker_factors(lin, x, y, squared_loss)
+    assert torch.allclose(factors[""].G, torch.eye(3), atol=1e-12)
+    got = V.laplace_volume(factors, damping)["layers"]["weight"]
+    h = torch.autograd.functional.hessian(
+        lambda w: squared_loss(x @ w.reshape(3, 4).T, y), lin.weight.detach().reshape(-1))
+    # E[H] = E[xx^T] (x) I exactly, and G = I, so the Kronecker damping equals
+    # h + damping * mean(diag h) * I up to a scale (which log_vol ignores).
+    assert got["log_vol"] == pytest.approx(kron_log_vol(h, damping), abs=1e-8)
+    assert got["dim"] == 12 and got["vol_per_dim"] == pytest.approx(math.exp(got["log_vol"] / 12))
+
+
+# -- (b) deep linear network, squared loss -------------------------------------------
+def test_deep_linear_factors_equal_exact_gauss_newton_blocks():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 5), nn.Linear(5, 2))
+    x, y = torch.randn(20, 3), torch.randn(20, 2)
+    factors = V.kronecker_factors(net, x, y, squared_loss)
+    for name in ("0", "1", "2"):
+        exact = ggn_block(net, f"{name}.weight", x, lambda i: torch.eye(2))
+        kron = torch.kron(factors[name].G, factors[name].A)
+        assert torch.allclose(kron, exact, atol=1e-12 * float(exact.abs().max()) + 1e-14)
+        assert not factors[name].ones_null
+
+
+# -- (c) one data point, cross-entropy, ReLU MLP (with eval-mode BatchNorm) ------------
+def test_one_point_cross_entropy_equals_exact_hessian_block():
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 6), nn.BatchNorm1d(6),
+                        nn.ReLU(), nn.Linear(6, 3))
+    net[3].running_mean.normal_()
+    net[3].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x, y = torch.randn(1, 4), torch.tensor([1])
+    factors = V.kronecker_factors(net, x, y, F.cross_entropy)
+    for name in ("0", "2", "5"):
+        # A piecewise-linear net: each layer's Hessian block is its Gauss-Newton block.
+        exact = weight_block_hessian(net, f"{name}.weight", F.cross_entropy, x, y)
+        kron = torch.kron(factors[name].G, factors[name].A)
+        assert torch.allclose(kron, exact, atol=1e-12), name
+    assert factors["5"].ones_null and not factors["0"].ones_null
+    assert net[3].running_mean.requires_grad is False and not net.training
+
+
+# -- (d) convolution -------------------------------------------------------------------
+def test_conv_with_single_output_location_equals_linear():
+    conv = nn.Sequential(nn.Conv2d(2, 3, kernel_size=3), nn.ReLU(), nn.Flatten(), nn.Linear(3, 4))
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(18, 3), nn.ReLU(), nn.Linear(3, 4))
+    with torch.no_grad():
+        lin[1].weight.copy_(conv[0].weight.reshape(3, 18))
+        lin[1].bias.copy_(conv[0].bias)
+        lin[3].load_state_dict(conv[3].state_dict())
+    x, y = torch.randn(30, 2, 3, 3), torch.randint(0, 4, (30,))
+    assert torch.allclose(conv(x), lin(x))
+    fc, fl = V.kronecker_factors(conv, x, y), V.kronecker_factors(lin, x, y)
+    assert torch.allclose(fc["0"].A, fl["1"].A, atol=1e-12)
+    assert torch.allclose(fc["0"].G, fl["1"].G, atol=1e-12)
+    vc = V.laplace_volume(fc, 1e-3)["layers"]["0.weight"]
+    vl = V.laplace_volume(fl, 1e-3)["layers"]["1.weight"]
+    assert vc["log_vol"] == pytest.approx(vl["log_vol"], abs=1e-9) and vc["dim"] == vl["dim"]
+    # Conv1d over a single location is the same Linear layer too.
+    conv1 = nn.Sequential(nn.Conv1d(2, 3, kernel_size=4), nn.Flatten(), nn.Linear(3, 2))
+    lin1 = nn.Sequential(nn.Flatten(), nn.Linear(8, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        lin1[1].weight.copy_(conv1[0].weight.reshape(3, 8))
+        lin1[1].bias.copy_(conv1[0].bias)
+        lin1[2].load_state_dict(conv1[2].state_dict())
+    x1, y1 = torch.randn(25, 2, 4), torch.randint(0, 2, (25,))
+    f1, g1 = V.kronecker_factors(conv1, x1, y1), V.kronecker_factors(lin1, x1, y1)
+    assert torch.allclose(f1["0"].A, g1["1"].A, atol=1e-12)
+    assert torch.allclose(f1["0"].G, g1["1"].G, atol=1e-12)
+
+
+def test_conv_factors_follow_the_expand_convention():
+    """A = E_s[sum_t a_t a_t^T] over zero-padded, strided patches; G = E_s[(1/T) sum_t g_t g_t^T]."""
+    net = nn.Sequential(nn.Conv2d(2, 3, kernel_size=2, stride=2, padding=1), nn.Tanh(),
+                        nn.Flatten(), nn.Linear(3 * 3 * 3, 2))
+    x, y = torch.randn(6, 2, 4, 4), torch.randn(6, 2)
+    factors = V.kronecker_factors(net, x, y, squared_loss)
+    conv = net[0]
+    padded = F.pad(x, (1, 1, 1, 1))
+    a_manual = torch.zeros(8, 8)
+    patches = []
+    for s in range(6):
+        for i, j in itertools.product(range(3), range(3)):
+            patch = padded[s, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(-1)
+            patches.append(patch)
+            a_manual += torch.outer(patch, patch)
+    assert torch.allclose(factors["0"].A, a_manual / 6, atol=1e-12)
+    # G: gradients of each output (squared loss: output Hessian = I) w.r.t. the conv output.
+    h = conv(x)
+    rest = lambda hi: net[3](net[2](net[1](hi[None])))[0]  # noqa: E731
+    g_manual = torch.zeros(3, 3)
+    for s in range(6):
+        jac = jacrev(rest)(h[s].detach())  # (2, 3, 3, 3)
+        for c in range(2):
+            rows = jac[c].reshape(3, -1).T  # one row per location
+            g_manual += rows.T @ rows / 9
+    assert torch.allclose(factors["0"].G, g_manual / 6, atol=1e-12)
+
+
+# -- (e) Monte-Carlo E[G] -> exact ------------------------------------------------------
+def test_monte_carlo_fisher_converges_to_exact():
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 4))
+    x, y = torch.randn(16, 3), torch.randint(0, 4, (16,))
+    exact = V.kronecker_factors(net, x, y)
+
+    def error(draws):
+        torch.manual_seed(1)
+        mc = V.kronecker_factors(net, x, y, fisher="mc", mc_samples=draws)
+        assert torch.equal(mc["0"].A, exact["0"].A)
+        return max(float(torch.linalg.matrix_norm(mc[n].G - exact[n].G)
+                         / torch.linalg.matrix_norm(exact[n].G)) for n in ("0", "2"))
+
+    coarse, fine = error(10), error(20000)
+    # Relative Frobenius error of the MC Fisher: about 1/sqrt(16 * draws); stated tolerance 3%.
+    assert fine < 0.03
+    assert fine < coarse / 5
+    assert V.kronecker_factors(net, x, y, fisher="mc", mc_samples=4)["2"].ones_null
+
+
+# -- structural null directions ------------------------------------------------------------
+def test_softmax_null_direction_converges_as_damping_vanishes():
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    x, y = torch.randn(200, 4), torch.randint(0, 3, (200,))
+    factors = V.kronecker_factors(net, x, y)
+    last = [V.laplace_volume(factors, d)["layers"]["2.weight"]["log_vol"]
+            for d in (1e-4, 1e-6, 1e-8, 1e-10)]
+    steps = [abs(a - b) for a, b in zip(last, last[1:])]
+    assert steps[-1] < 1e-6 and steps[-1] < steps[0]
+    assert all(math.isfinite(v) and v <= 0 for v in last)
+    # Plain damping along the null direction diverges like log(damping): the artifact.
+    naive = [V.laplace_volume(factors, d, null_space="damp")["layers"]["2.weight"]["log_vol"]
+             for d in (1e-4, 1e-8)]
+    assert naive[1] < naive[0] - 20
+
+
+def test_profiled_null_direction_is_the_best_variance():
+    """The profiled factor volume equals the maximum over t of log_vol(Sigma_reg + t u u^T),
+    found here by brute force over a grid of t."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5))
+    x, y = torch.randn(100, 3), torch.randint(0, 5, (100,))
+    g = V.kronecker_factors(net, x, y)["2"].G
+    prof = V.inverse_factor_volume(g, 1e-9, ones_null=True)
+    u = torch.full((5,), 5 ** -0.5)
+    proj = torch.eye(5) - torch.outer(u, u)
+    reg = torch.linalg.pinv(proj @ g @ proj, hermitian=True)
+    ts = torch.logspace(-6, 6, 4001) * float(torch.diagonal(reg).mean())
+    best = max(V.log_vol(reg + t * torch.outer(u, u)) for t in ts)
+    assert prof.null_profiled and prof.log_vol == pytest.approx(best, abs=1e-5)
+    assert prof.log_vol >= best - 1e-9
+
+
+# -- (g) dead units and constant-zero inputs ----------------------------------------------
+def test_dead_unit_and_zero_input_change_nothing():
+    """A ReLU unit that never fires and an input that is always zero: the volumes equal
+    those of the network with that unit / input removed."""
+    big = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        big[0].weight[2] = 0.0
+        big[0].bias[2] = -1.0  # unit 2 is dead
+    x = torch.randn(80, 4)
+    x[:, 1] = 0.0  # input 1 is always zero
+    y = torch.randint(0, 3, (80,))
+    small = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 3))
+    keep_in, keep_hidden = [0, 2, 3], [0, 1, 3, 4]
+    with torch.no_grad():
+        small[0].weight.copy_(big[0].weight[keep_hidden][:, keep_in])
+        small[0].bias.copy_(big[0].bias[keep_hidden])
+        small[2].weight.copy_(big[2].weight[:, keep_hidden])
+        small[2].bias.copy_(big[2].bias)
+    assert torch.allclose(big(x), small(x[:, keep_in]))
+    vb = V.laplace_volume(V.kronecker_factors(big, x, y), 1e-3)
+    vs = V.laplace_volume(V.kronecker_factors(small, x[:, keep_in], y), 1e-3)
+    for key in ("0.weight", "2.weight"):
+        assert vb["layers"][key]["log_vol"] == pytest.approx(vs["layers"][key]["log_vol"], abs=1e-9)
+        assert math.isfinite(vb["layers"][key]["log_vol"])
+    assert vb["layer_details"]["0.weight"]["live_in"] == 3
+    assert vb["layer_details"]["0.weight"]["live_out"] == 4
+    assert vb["layers"]["0.weight"]["dim"] == 20  # dim counts every weight
+
+
+def test_rank_deficient_factors_stay_finite():
+    """Fewer samples than inputs and an all-dead layer: finite, <= 0, never NaN."""
+    net = nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(3, 10), torch.randint(0, 3, (3,))
+    out = V.laplace_volume(V.kronecker_factors(net, x, y), 1e-8)
+    assert all(math.isfinite(v["log_vol"]) and v["log_vol"] <= 0 for v in out["layers"].values())
+    with torch.no_grad():
+        net[0].bias.fill_(-100.0)  # everything dead
+    out = V.laplace_volume(V.kronecker_factors(net, x, y), 1e-3)
+    assert out["layers"]["0.weight"]["log_vol"] == 0.0
+    assert math.isfinite(out["log_vol_sum"])
+
+
+# -- dropout-aware factors, BatchNorm ------------------------------------------------------
+class Drop(taps.TapHandler):
+    def __init__(self, q):
+        self.q = q
+
+    def activation(self, tap, a):
+        return a * torch.empty_like(a).bernoulli_(1 - self.q) / (1 - self.q)
+
+
+def tapped_mlp(batch_norm=False):
+    layers = [nn.Linear(3, 4)] + ([nn.BatchNorm1d(4)] if batch_norm else []) + \
+             [taps.Tap(nn.ReLU()), nn.Linear(4, 2)]
+    return taps.number_taps(nn.Sequential(*layers))
+
+
+def test_factors_are_accumulated_with_dropout_noise():
+    net = tapped_mlp(batch_norm=True).eval()
+    net[1].running_mean.normal_()
+    taps.attach(net, [Drop(0.5)])
+    x, y = torch.randn(50, 3), torch.randint(0, 2, (50,))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    clean = V.kronecker_factors(net, x, y, noise=False)
+    torch.manual_seed(3)
+    noisy = V.kronecker_factors(net, x, y, noise_passes=400)
+    # The noise is active: E[(eta a)(eta a)^T] has diagonal E[a^2]/(1-q), off-diagonal E[a a^T].
+    a_clean, a_noisy = clean["3"].A, noisy["3"].A
+    off = ~torch.eye(4, dtype=torch.bool)
+    assert torch.allclose(torch.diagonal(a_noisy), 2 * torch.diagonal(a_clean), rtol=0.05)
+    assert torch.allclose(a_noisy[off], a_clean[off], rtol=0.1, atol=0.02 * float(a_clean.max()))
+    assert torch.allclose(noisy["0"].A, clean["0"].A, atol=1e-12)  # nothing before the noise
+    # Nothing else moved: BatchNorm statistics and weights as before, eval mode kept.
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not net.training and not net[1].training  # the mode it was given
+    assert not any(t.force_noise for t in taps.taps(net))
+
+
+# -- the plugins -------------------------------------------------------------------------
+def bundle(n=64, d=6, classes=3):
+    x = torch.randn(n, d, dtype=torch.float32)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return DataBundle("toy", x, y % classes, x[:8], y[:8] % classes, classes)
+
+
+def test_laplace_plugin_reports_layers_and_paper_blocks():
+    from genbench.plugins import get_registry
+
+    entry = get_registry().get("volume_estimator", "laplace")
+    torch.set_default_dtype(torch.float32)
+    net = taps.number_taps(nn.Sequential(nn.Linear(6, 20), taps.Tap(nn.ReLU()), nn.Linear(20, 3)))
+    est = entry.cls(entry.cls.Params(blocks=16)).estimate(net, bundle(), loss_fn=F.cross_entropy)
+    assert set(est["layers"]) == {"0.weight", "2.weight"}
+    assert est["layers"]["0.weight"]["dim"] == 120 and est["damping"] == 1e-3
+    assert all(0 < v["vol_per_dim"] <= 1 for v in est["layers"].values())
+    assert est["log_vol_sum"] == pytest.approx(sum(v["log_vol"] for v in est["layers"].values()))
+    paper = est["paper_blocks"]
+    assert paper["block"] == 16 and 0 < paper["mean"] <= 1
+    # Blocks covering a whole factor give exp(log_vol) of that factor.
+    cov = torch.tensor([[2.0, 0.5, 0.1], [0.5, 1.0, 0.3], [0.1, 0.3, 1.5]])
+    assert V.block_mean_det(cov, 16) == pytest.approx(math.exp(V.log_vol(cov)))
+    assert V.block_mean_det(cov, 1) == pytest.approx(1.0)
+    with_bias = entry.cls(entry.cls.Params(include_bias=True)).estimate(net, bundle())
+    assert with_bias["layers"]["0.weight"]["dim"] == 140
+
+
+def test_laplace_plugin_handles_a_small_cnn_with_batchnorm():
+    from genbench.plugins import get_registry
+
+    torch.set_default_dtype(torch.float32)
+    entry = get_registry().get("volume_estimator", "laplace")
+    net = taps.number_taps(nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), taps.Tap(nn.ReLU()),
+        nn.Conv2d(4, 4, 3, stride=2), taps.Tap(nn.ReLU()), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)))
+    net.eval()
+    x = torch.randn(40, 1, 6, 6)
+    data = DataBundle("img", x, torch.randint(0, 3, (40,)), x[:4], torch.zeros(4).long(), 3)
+    est = entry.cls().estimate(net, data)
+    assert est["layers"]["0.weight"]["dim"] == 4 * 9 and est["layers"]["3.weight"]["dim"] == 4 * 36
+    assert all(math.isfinite(v["log_vol"]) and v["log_vol"] <= 0 for v in est["layers"].values())
+
+
+# -- (h) the sampling estimator --------------------------------------------------------------
+def synthetic_gaussian_problem():
+    """One linear layer, squared loss, zero residual: a quadratic loss with Hessian
+    I (x) S. Full-batch Algorithm 1 is then w <- M w + U with M = I - lr H, whose
+    stationary covariance sigma^2 (I - M^2)^{-1} is the known posterior."""
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.8, 0.0], [0.0, 0.6, 0.5], [0.0, 0.0, 0.4]])
+    x = torch.randn(200, 3) @ mix
+    net = nn.Linear(3, 2, bias=False)
+    y = (x @ net.weight.detach().T).clone()
+    s = x.T @ x / 200
+    lr = 0.6 / float(torch.linalg.eigvalsh(s).max())
+    m = torch.eye(3) - lr * s
+    stationary = torch.linalg.inv(torch.eye(3) - m @ m)  # one output row; rows independent
+    return net, x, y, lr, torch.block_diag(stationary, stationary)
+
+
+def test_sampling_recovers_a_known_gaussian_posterior():
+    net, x, y, lr, truth = synthetic_gaussian_problem()
+    chain = V.sample_posterior(net, x, y, squared_loss, n_samples=3000, sigma_u=0.1, lr=lr,
+                               batch_size=200, eps=1e9)
+    assert chain.kept == chain.tried == 3000
+    samples = chain.samples["weight"]
+    full = V.sampled_log_vol(samples, subset_size=6)
+    assert full["subset_size"] == 6
+    assert full["log_vol"] == pytest.approx(V.log_vol(truth), abs=0.1)
+    assert V.log_vol(truth) < -1.0  # a strongly correlated posterior, not a trivial 0
+    # Random pairs: the target is the mean per-dimension log-volume of 2x2 marginals.
+    pairs = [V.log_vol(truth[list(p)][:, list(p)]) / 2 for p in itertools.combinations(range(6), 2)]
+    sub = V.sampled_log_vol(samples, subset_size=2, n_subsets=2000)
+    assert sub["log_vol"] == pytest.approx(6 * sum(pairs) / len(pairs), abs=0.1)
+    # Ledoit-Wolf shrinks towards 0 but with many samples it agrees.
+    lw = V.sampled_log_vol(samples, subset_size=6, covariance="ledoit_wolf")
+    assert lw["log_vol"] == pytest.approx(V.log_vol(truth), abs=0.15)
+    assert lw["log_vol"] >= full["log_vol"] - 0.05
+
+
+def test_debiasing_removes_small_sample_bias():
+    """With 8 i.i.d. Gaussian samples the raw log det of a 4x4 sample correlation is far
+    below the truth; the Wishart correction centres it."""
+    corr = torch.tensor([[1.0, 0.5, 0.2, 0.0], [0.5, 1.0, 0.3, 0.1],
+                         [0.2, 0.3, 1.0, 0.4], [0.0, 0.1, 0.4, 1.0]])
+    chol = torch.linalg.cholesky(corr)
+    draws = torch.randn(4000, 8, 4) @ chol.T
+    centred = draws - draws.mean(1, keepdim=True)
+    cov = torch.einsum("rni,rnj->rij", centred, centred) / 7
+    raw = V.batched_log_vol(cov).mean()
+    fixed = raw - V.wishart_log_vol_bias(4, 7)
+    assert float(raw) < V.log_vol(corr) - 0.5
+    assert float(fixed) == pytest.approx(V.log_vol(corr), abs=0.05)
+
+
+def test_sampling_keeps_by_eps_and_never_resets():
+    net, x, y, _, _ = synthetic_gaussian_problem()
+    w0 = net.weight.detach().clone()
+    chain = V.sample_posterior(net, x, y, squared_loss, n_samples=60, sigma_u=0.05, lr=1e-12,
+                               batch_size=200, eps=0.02)
+    ref = chain.ref_loss
+    assert chain.kept_flags == [abs(v - ref) <= 0.02 for v in chain.losses]
+    assert 0 < chain.kept < chain.tried == 60
+    assert chain.samples["weight"].shape == (chain.kept, 6)
+    # A random walk: after 60 steps the displacement has variance 60 sigma^2 per weight.
+    drift = float(((net.weight.detach() - w0) ** 2).mean())
+    assert 60 * 0.05 ** 2 / 3 < drift < 60 * 0.05 ** 2 * 3
+
+
+def test_sampling_plugin_on_a_tapped_mlp_with_dropout():
+    from genbench.plugins import get_registry
+
+    torch.set_default_dtype(torch.float32)
+    entry = get_registry().get("volume_estimator", "sampling")
+    net = taps.number_taps(nn.Sequential(nn.Linear(6, 8), taps.Tap(nn.ReLU()), nn.Linear(8, 3)))
+    taps.attach(net, [Drop(0.2)])
+    params = entry.cls.Params(n_samples=8, sigma_u=0.01, eps=1.0, blocks=4)
+    est = entry.cls(params).estimate(net.eval(), bundle(), loss_fn=F.cross_entropy)
+    assert est["kept"] == est["tried"] == 8
+    assert set(est["layers"]) == {"0.weight", "2.weight"}
+    assert all(v["log_vol"] <= 0 and math.isfinite(v["log_vol"]) for v in est["layers"].values())
+    assert 0 <= est["paper_blocks"]["mean"] <= 1
+    too_strict = entry.cls(entry.cls.Params(n_samples=3, sigma_u=1.0, eps=1e-6))
+    with pytest.raises(ValueError, match="kept"):
+        too_strict.estimate(net, bundle(), loss_fn=F.cross_entropy)
+
+
+# -- store-backed report and volume during training -------------------------------------------
+TINY_SUITE = """
+name = "tiny"
+[dataset]
+name = "mnist1d"
+params = {{ num_samples = 300 }}
+[model]
+name = "mlp"
+params = {{ depth = 1, width = 8 }}
+[train]
+max_epochs = 2
+batch_size = 64
+{track}
+[regularizers.dropout]
+rate = 0.0
+[grid]
+"regularizers.dropout.rate" = [0.0, 0.3]
+[volume.sampling]
+n_samples = 5
+sigma_u = 0.001
+eps = 1.0
+"""
+
+
+def test_volume_report_stores_and_reuses_estimates(tmp_path):
+    from genbench.store import Store
+    from genbench.suite import load_suite
+
+    torch.set_default_dtype(torch.float32)
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SUITE.format(track=""))
+    suite = load_suite(path)
+    store = tmp_path / "store"
+    first = V.volume_report(store, "laplace", {"damping": 1e-2}, suite=suite)
+    assert first["estimator"] == "laplace" and first["params"]["damping"] == 1e-2
+    assert len(first["models"]) == 2 and "failed" not in first
+    for m in first["models"].values():
+        assert set(m) == {"hparams", "layers", "log_vol_sum", "vol_per_dim_mean", "seconds"}
+        assert set(m["layers"]) == {"0.weight", "2.weight"}
+        assert all(set(v) == {"log_vol", "dim", "vol_per_dim"} for v in m["layers"].values())
+    again = V.volume_report(store, "laplace", {"damping": 1e-2})  # whole store, no suite
+    assert again["models"] == first["models"]
+    with Store(store) as st:
+        assert len(st.results(kind="volume")) == 2
+    # The suite's own params for an estimator are used (and overridable).
+    samp = V.volume_report(store, "sampling", {}, suite=suite)
+    assert samp["params"]["n_samples"] == 5 and len(samp["models"]) == 2
+
+
+def test_volume_is_recorded_during_training():
+    from genbench.plugins import get_registry
+    from genbench.population import expand
+    from genbench.suite import validate
+    from genbench.training import train_one
+
+    import tomllib
+
+    torch.set_default_dtype(torch.float32)
+    text = TINY_SUITE.format(track='track_volume = { estimator = "laplace", every = 1 }')
+    registry = get_registry()
+    suite = validate(tomllib.loads(text), registry)
+    spec = expand(suite, registry)[1]
+    data = registry.get("dataset", "mnist1d").cls(
+        registry.get("dataset", "mnist1d").cls.Params(num_samples=300)).load()
+    result = train_one(spec, data, registry)
+    vols = [h["volume"]["vol_per_dim_mean"] for h in result.metrics["history"]]
+    assert len(vols) == 2 and all(0 < v <= 1 for v in vols)
