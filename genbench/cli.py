@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Benchmark generalization measures on populations of trained networks.")
@@ -36,7 +37,7 @@ class OnOff(str, Enum):
 def fail(lines: str | list[str], code: int = 2) -> None:
     """Print one line per problem (no traceback) and exit."""
     for line in [lines] if isinstance(lines, str) else lines:
-        err.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+        err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -83,7 +84,7 @@ def show_leaderboard(result: dict[str, Any], sort: str | None, markdown: Path | 
         err.print("No leaderboard: fewer than 3 trained models.")
         return
     console.print(rich_table(board, sort_by=sort, title=f"{result['suite']}: "
-                             f"{board.get('n_models', len(result['models']))} models"))
+                             f"{board.get('n_models', len(result['models']))} models"), crop=False)
     if markdown is not None:
         markdown.write_text(to_markdown(board, sort_by=sort))
 
@@ -266,7 +267,8 @@ def score(
     from genbench.leaderboard import rich_table, to_markdown
 
     with friendly_errors():
-        console.print(rich_table(board, sort_by=sort, title=f"{table.name}: {board['n_models']} models"))
+        console.print(rich_table(board, sort_by=sort, title=f"{table.name}: {board['n_models']} models"),
+                      crop=False)
         if markdown is not None:
             markdown.write_text(to_markdown(board, sort_by=sort))
 

@@ -15,7 +15,7 @@ torch never is.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
@@ -26,16 +26,18 @@ __all__ = ["COLUMNS", "columns", "rows", "rich_table", "to_markdown"]
 #: ("mi_<hp>", "MI(<hp>)", "mi_hparam.<hp>", "high") column per 'against'
 #: hyperparameter in front of these, and drops |omega| columns a board does not have.
 COLUMNS: list[tuple[str, str, str, str]] = [
-    ("gg2", "GG(|ω|=2)", "mi.2", "high"),
-    ("gg1", "GG(|ω|=1)", "mi.1", "high"),
-    ("gg0", "GG(|ω|=0)", "mi.0", "high"),
-    ("gg2_min", "min GG(|ω|=2)", "mi_min.2", "high"),
-    ("gg1_min", "min GG(|ω|=1)", "mi_min.1", "high"),
-    ("tau", "Kendall τ", "kendall_tau", "high"),
-    ("gtau", "granulated τ", "granulated_kendall", "high"),
-    ("sign_error", "sign-error", "sign_error", "low"),
-    ("robust_sign_error", "robust sign-error", "robust_sign_error", "low"),
+    ("gg2", "GG ω2", "mi.2", "high"),
+    ("gg1", "GG ω1", "mi.1", "high"),
+    ("gg0", "GG ω0", "mi.0", "high"),
+    ("gg2_min", "minGG ω2", "mi_min.2", "high"),
+    ("gg1_min", "minGG ω1", "mi_min.1", "high"),
+    ("tau", "τ", "kendall_tau", "high"),
+    ("gtau", "gran. τ", "granulated_kendall", "high"),
+    ("sign_error", "SE", "sign_error", "low"),
+    ("robust_sign_error", "max SE", "robust_sign_error", "low"),
 ]
+LEGEND = ("GG ωk: sign-MI with the gap at |ω| = k (mean over ω); minGG: minimum over ω; "
+          "τ: Kendall's tau with the gap; SE: average sign-error, max SE: robust sign-error")
 
 
 def _entries(board: dict) -> dict[str, dict]:
@@ -63,7 +65,10 @@ def columns(board: dict) -> list[tuple[str, str, str, str]]:
     have_k = set()
     for e in entries:
         have_k.update(e.get("mi", {}).keys())
-    cols = [(f"mi_{h}", f"MI({h})", f"mi_hparam.{h}", "high") for h in against]
+    from genbench.suite import short_names
+
+    names = short_names(against)
+    cols = [(f"mi_{h}", f"MI {names[h]}", f"mi_hparam.{h}", "high") for h in against]
     for cid, header, path, better in COLUMNS:
         if path.startswith("mi") and path.split(".", 1)[1] not in have_k:
             continue
@@ -105,7 +110,7 @@ def _best(entries: list[dict], path: str, better: str) -> float | None:
 
 def _cell(entry: dict, path: str) -> str:
     v = _get(entry, path)
-    text = "—" if v is None else f"{v:.4f}"
+    text = "—" if v is None else f"{v:.3f}"
     ci = entry.get("ci", {}).get(path)
     if ci and ci[0] is not None and ci[1] is not None:
         text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -125,10 +130,10 @@ def _caption(board: dict) -> str:
     parts = [f"gap: {o.get('gap')}", mi, f"ties: {o.get('tie_rule')}"]
     if o.get("gap_tol"):
         parts.append(f"|Δgap| <= {o.get('gap_tol')} is a tie")
-    parts.append(f"cells: {o.get('cell_reduce')}; GG = mean over ω, min GG = minimum over ω")
+    parts.append(f"cells: {o.get('cell_reduce')}")
     if o.get("bootstrap"):
         parts.append(f"[{o.get('ci_level', 0.95):.0%} bootstrap interval, {o.get('bootstrap')} resamples]")
-    return "; ".join(parts)
+    return "; ".join(parts) + ".\n" + LEGEND
 
 
 def rich_table(board: dict, sort_by: str | None = None, title: str | None = None) -> Table:
@@ -140,11 +145,15 @@ def rich_table(board: dict, sort_by: str | None = None, title: str | None = None
     entries = [e for _, e in ordered]
     if title is None:
         title = f"Generalization measures ({board.get('preset', '?')} preset, {board.get('n_models', '?')} models)"
-    table = Table(title=title, caption=_caption(board) or None)
-    table.add_column("Measure", style="bold")
+    from rich import box
+
+    table = Table(title=title, caption=_caption(board) or None, box=box.SIMPLE_HEAD)
+    table.add_column("Measure", style="bold", no_wrap=True,
+                     min_width=max([len(n) for n, _ in ordered] + [7]))
     table.add_column("n", justify="right")
     for _, header, _, better in cols:
-        table.add_column(header + (" ↓" if better == "low" else ""), justify="right")
+        label = header + (" ↓" if better == "low" else "")
+        table.add_column(label, justify="right", no_wrap=False, min_width=6)  # "-0.333" stays whole
     best = {path: _best(entries, path, better) for _, _, path, better in cols}
     for name, e in ordered:
         cells = [name, str(e.get("n_models", ""))]
@@ -176,5 +185,5 @@ def to_markdown(board: dict, sort_by: str | None = None) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     caption = _caption(board)
     if caption:
-        lines += ["", esc(caption)]
+        lines += [""] + [esc(c) for c in caption.split("\n")]
     return "\n".join(lines) + "\n"

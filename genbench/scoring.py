@@ -26,6 +26,9 @@ Conventions (docs/scoring.md states them in full):
   ``cell_reduce`` and over the subsets omega of each size by both the mean
   (``mi``) and the minimum (``mi_min``).
 
+* Bootstrap intervals resample models with replacement; a pair of two copies of the
+  same model is not a pair of distinct models and is skipped.
+
 This module imports numpy only (never torch) so that scoring a stored population
 is instant and works on any machine.
 """
@@ -423,14 +426,24 @@ def _encode(values: Any, n: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     return codes, sv
 
 
-def _cell_ids(codes: np.ndarray, cols: tuple[int, ...]) -> tuple[np.ndarray, int]:
-    """Cell id per model for the combination of the given hyperparameter columns."""
+def _cell_ids(codes: np.ndarray, cols: tuple[int, ...] | list[int]) -> tuple[np.ndarray, int]:
+    """Cell id per row for the combination of the given columns (0..k-1, in the
+    lexicographic order of the combinations)."""
     n = codes.shape[0]
-    if not cols:
-        return np.zeros(n, dtype=np.int64), 1
-    _, inv = np.unique(codes[:, list(cols)], axis=0, return_inverse=True)
+    cols = list(cols)
+    if not cols or n == 0:
+        return np.zeros(n, dtype=np.int64), 1 if n else 0
+    # mixed-radix int64 key: one 1-D unique instead of a slow row-wise unique
+    card = [int(codes[:, c].max()) + 1 for c in cols]
+    if math.prod(card) < 2 ** 62:
+        key = np.zeros(n, dtype=np.int64)
+        for c, k in zip(cols, card):
+            key = key * k + codes[:, c]
+        _, inv = np.unique(key, return_inverse=True)
+    else:
+        _, inv = np.unique(codes[:, cols], axis=0, return_inverse=True)
     inv = inv.reshape(-1).astype(np.int64)
-    return inv, int(inv.max()) + 1 if n else 0
+    return inv, int(inv.max()) + 1
 
 
 def _expand(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -485,12 +498,7 @@ def _structure(n: int, hparams: dict[str, Any], condition_on: list[str], against
         first[setting[::-1]] = np.arange(n)[::-1]     # a representative model per setting
         scodes = codes[first]
         for k in range(len(names)):
-            others = [i for i in range(len(names)) if i != k]
-            if others:
-                _, grp = np.unique(scodes[:, others], axis=0, return_inverse=True)
-                grp = grp.reshape(-1)
-            else:
-                grp = np.zeros(n_settings, dtype=np.int64)
+            grp, _ = _cell_ids(scodes, [i for i in range(len(names)) if i != k])
             o = np.argsort(grp, kind="stable")
             gs = grp[o]
             sizes = np.bincount(gs)
@@ -758,7 +766,7 @@ def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray
         if a.size != n:
             raise ValueError(f"measure {name!r} has {a.size} values for {n} models")
         meas[name] = a
-    condition_on, against = list(condition_on), list(against)
+    condition_on, against = list(dict.fromkeys(condition_on)), list(dict.fromkeys(against))
     st = _structure(n, hparams, condition_on, against, max_omega)
     max_k = min(max_omega, len(dict.fromkeys(condition_on)))
 

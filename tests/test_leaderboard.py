@@ -69,7 +69,8 @@ def test_markdown_highlights_best_per_column():
     md = to_markdown(board, sort_by="gg0")
     lines = md.splitlines()
     header = [h.strip() for h in lines[0].strip("|").split("|")]
-    assert header[0] == "Measure" and "GG(\\" in lines[0]        # pipes in |ω| escaped
+    assert header[0] == "Measure" and "GG ω0" in lines[0]
+    assert "\\|" in md.split("\n\n", 1)[1]                           # pipes in |ω| escaped
     body = {l.split("|")[1].strip(): [c.strip() for c in l.strip().strip("|").split("|")]
             for l in lines[2:] if l.startswith("| ") and not l.startswith("| Measure")}
     assert set(body) == {"good", "reversed", "noise"}
@@ -92,7 +93,7 @@ def test_rich_table_renders_and_sorts():
     assert len(table.columns) == 2 + len(columns(board))
     text = _render(table)
     assert text.index("good") < text.index("noise") < text.index("reversed")
-    assert "Kendall τ" in text and "MI(dropout)" in text
+    assert "τ" in text and "MI dropout" in text and "Kendall's tau" in text
     assert "[bold green]" in "".join(str(c) for col in table.columns for c in col._cells)
 
 

@@ -237,6 +237,26 @@ def test_pair_counts_bruteforce(tol):
         assert (got.P[k], got.tx[k], got.ty[k], got.tb[k], got.C[k], got.D[k]) == (P, tx, ty, tb, C, D)
 
 
+def test_pair_counts_large_groups_against_broadcast():
+    """Many merge levels (groups of hundreds) against an O(n^2) broadcast reference."""
+    rng = np.random.default_rng(3)
+    n, G, tol = 1500, 3, 0.05
+    grp = rng.integers(0, G, n)
+    x = np.round(rng.normal(size=n), 2)
+    y = np.round(rng.normal(size=n), 2)
+    got = pair_counts(grp, x, y, G, tol)
+    for k in range(G):
+        xs, ys = x[grp == k], y[grp == k]
+        sx = np.sign(xs[:, None] - xs[None, :])
+        hi, lo = np.maximum(ys[:, None], ys[None, :]), np.minimum(ys[:, None], ys[None, :])
+        sy = np.where(hi <= lo + tol, 0.0, np.sign(ys[:, None] - ys[None, :]))
+        upper = np.triu(np.ones_like(sx, dtype=bool), 1)
+        prod = (sx * sy)[upper]
+        assert got.C[k] == (prod > 0).sum() and got.D[k] == (prod < 0).sum()
+        assert got.tx[k] == (sx[upper] == 0).sum() and got.ty[k] == (sy[upper] == 0).sum()
+        assert got.tb[k] == ((sx[upper] == 0) & (sy[upper] == 0)).sum()
+
+
 # ---------------------------------------------------------------------------------------
 # full scores against the brute force
 # ---------------------------------------------------------------------------------------
