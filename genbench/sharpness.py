@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -57,13 +57,14 @@ class SearchParams(Params):
     lower: float = Field(0.0, ge=0, description="lower end of the binary search")
     upper: float = Field(2.0, gt=0, description="upper end of the binary search")
     n_samples: int | None = Field(
-        2048, ge=1, description="training samples the loss is estimated on (a fixed random "
+        1024, ge=1, description="training samples the loss is estimated on (a fixed random "
         "subset drawn with `seed`); None = the whole training set")
     perturb: Literal["weights", "all"] = Field(
         "weights", description="perturb the measured weight matrices only (the parameters the "
         "KL term sums over), or every parameter (biases, BatchNorm affine too)")
-    batched: bool = Field(True, description="evaluate the K perturbed copies in one vmap "
-                          "(True) or one after the other (False); same numbers")
+    batched: bool = Field(False, description="evaluate the K perturbed copies in one vmap "
+                          "(True) or one after the other (False, faster on CPU: see "
+                          "docs/measures.md); same numbers")
     rows_per_pass: int = Field(65536, ge=1, description="copies x samples per forward pass "
                                "(memory bound for big models)")
     seed: int = Field(0, description="seed of the data subset, noise and random starts")
@@ -88,17 +89,17 @@ class SigmaParams(SearchParams):
 class AlphaParams(SearchParams):
     """The worst-case sharpness alpha' search (projected sign-gradient ascent in a box)."""
 
-    depth: int = Field(10, ge=1, le=60, description="bisection steps on alpha'")
+    depth: int = Field(13, ge=1, le=60, description="bisection steps on alpha'")
     restarts: int = Field(3, ge=1, description="random starts of the ascent (run as a batch)")
     steps: int = Field(10, ge=0, description="ascent steps per start")
     step_size: float = Field(0.25, gt=0, description="step as a fraction of the box half-width")
     magnitude_eps: float = Field(1e-3, ge=0, description="box half-width is alpha' (|w_F| + this)")
 
 
-P = Any  # a SearchParams subclass
+SP = TypeVar("SP", bound=SearchParams)
 
 
-def resolve(params: P, n_classes: int) -> P:
+def resolve(params: SP, n_classes: int) -> SP:
     """``params`` with ``eps`` filled in from the dataset when it was left at None."""
     if params.eps is None:
         return params.model_copy(update={"eps": default_eps(n_classes)})
@@ -113,10 +114,11 @@ class PerturbedLoss:
     ``names`` are the parameters perturbed (the rest keep their values); a delta
     is a dict {name: tensor of shape (K, *param.shape)}. The model must be in
     eval mode (no dropout noise): the search measures the trained function.
+    ``loss_fn(outputs, y)`` is the *mean* loss of a batch (chunks are reweighted).
     """
 
     def __init__(self, model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor,
-                 loss_fn: LossFn = F.cross_entropy, batched: bool = True,
+                 loss_fn: LossFn = F.cross_entropy, batched: bool = False,
                  rows_per_pass: int = 65536):
         params = dict(model.named_parameters())
         missing = [n for n in names if n not in params]
@@ -149,21 +151,26 @@ class PerturbedLoss:
         with torch.set_grad_enabled(with_grad):
             for i in range(0, n, chunk):
                 xb, yb = self.x[i:i + chunk], self.y[i:i + chunk]
+                weight = xb.shape[0] / n
                 if self.batched:
                     lb, wb = vmap(self._one, in_dims=(0, None, None))(delta, xb, yb)
-                else:
-                    parts = [self._one({nm: d[j] for nm, d in delta.items()}, xb, yb)
-                             for j in range(k)]
-                    lb = torch.stack([p[0] for p in parts])
-                    wb = torch.stack([p[1] for p in parts])
-                lb = lb * (xb.shape[0] / n)
-                if with_grad:
-                    # Copies are independent, so the gradient of the sum is each copy's gradient.
-                    g = torch.autograd.grad(lb.sum(), [delta[nm] for nm in self.names])
-                    for nm, gi in zip(self.names, g):
-                        grads[nm] += gi
-                loss += lb.detach()
-                wrong += wb.detach().to(loss.dtype)
+                    if with_grad:
+                        # Copies are independent: the gradient of the sum is each copy's own.
+                        g = torch.autograd.grad(lb.sum() * weight, [delta[nm] for nm in self.names])
+                        for nm, gi in zip(self.names, g):
+                            grads[nm] += gi
+                    loss += lb.detach() * weight
+                    wrong += wb.detach().to(loss.dtype)
+                    continue
+                for j in range(k):  # one copy at a time: one graph alive at a time
+                    dj = {nm: d[j] for nm, d in delta.items()}
+                    lj, wj = self._one(dj, xb, yb)
+                    if with_grad:
+                        g = torch.autograd.grad(lj * weight, [dj[nm] for nm in self.names])
+                        for nm, gi in zip(self.names, g):
+                            grads[nm][j] += gi
+                    loss[j] += lj.detach() * weight
+                    wrong[j] += wj.detach().to(loss.dtype)
         self.evaluations += k
         return (loss, wrong / n, grads) if with_grad else (loss, wrong / n)
 

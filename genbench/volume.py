@@ -245,21 +245,23 @@ def output_hessian_sqrt(logits: torch.Tensor, y: torch.Tensor, loss_fn: Callable
     """S (B, C, K) with S_s S_s^T = d2 loss_s / d z_s^2 per sample, in float64.
 
     Cross-entropy: the columns sqrt(p_c) (e_c - p) of diag(p) - p p^T (K = C).
-    Any other per-sample loss: the Hessian by torch.func, square-rooted by eigh.
+    Any other mean of per-sample losses: the Hessian by double backward, square-rooted
+    by eigh.
     """
     z = logits.detach().to(torch.float64)
     if cross_entropy:
         p = torch.softmax(z, dim=1)
         eye = torch.eye(z.shape[1], dtype=torch.float64)
         return (eye[None, :, :] - p[:, :, None]) * p.sqrt()[:, None, :]
-    from torch.func import hessian, vmap
-
     target = y.to(torch.float64) if y.is_floating_point() else y
-
-    def one(zi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return loss_fn(zi[None], yi[None])
-
-    h = vmap(hessian(one))(z, target)
+    with torch.enable_grad():
+        zz = z.clone().requires_grad_(True)
+        # A mean of per-sample losses: B * grad gives each sample's gradient, and the
+        # gradient of its c-th column gives row c of every sample's Hessian at once.
+        grad = torch.autograd.grad(loss_fn(zz, target) * z.shape[0], zz, create_graph=True)[0]
+        rows = [torch.autograd.grad(grad[:, c].sum(), zz, retain_graph=True, allow_unused=True)[0]
+                for c in range(z.shape[1])]
+    h = torch.stack([r if r is not None else torch.zeros_like(z) for r in rows], 1)
     h = 0.5 * (h + h.transpose(1, 2))
     evals, evecs = torch.linalg.eigh(h)
     return evecs * evals.clamp_min(0.0).sqrt()[:, None, :]
@@ -271,14 +273,22 @@ def sampled_label_sqrt(logits: torch.Tensor, draws: int) -> torch.Tensor:
     p = torch.softmax(z, dim=1)
     ys = torch.multinomial(p, draws, replacement=True)  # (B, draws)
     onehot = F.one_hot(ys, z.shape[1]).to(torch.float64).transpose(1, 2)  # (B, C, draws)
-    return (p[:, :, None] - onehot) / math.sqrt(draws)
+    cols = (p[:, :, None] - onehot) / math.sqrt(draws)
+    if draws <= z.shape[1]:
+        return cols
+    # More draws than classes: the same sum of outer products, square-rooted into C
+    # columns, so the cost stays at most one backward pass per class.
+    m = cols @ cols.transpose(1, 2)
+    evals, evecs = torch.linalg.eigh(m)
+    return evecs * evals.clamp_min(0.0).sqrt()[:, None, :]
 
 
 
 def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       loss_fn: Callable | None = None, *, fisher: str = "exact",
                       mc_samples: int = 1, include_bias: bool = False, batch_size: int = 512,
-                      noise: bool = True, noise_passes: int = 1) -> dict[str, LayerFactors]:
+                      noise: bool = True, noise_passes: int = 1,
+                      accumulate: torch.dtype = torch.float64) -> dict[str, LayerFactors]:
     """E[A] and E[G] of every weight layer (Linear, Conv1d, Conv2d), in float64.
 
     ``fisher="exact"``: E[G] is the Gauss-Newton matrix propagated exactly, one
@@ -352,15 +362,20 @@ def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                         outs = [captured[n][1] for n, _ in back]
                         cols = sqrt.to(logits.dtype)
                         k_cols = cols.shape[2]
+                        per_layer: list[list[torch.Tensor]] = [[] for _ in back]
                         for k in range(k_cols):
                             grads = torch.autograd.grad(logits, outs, cols[:, :, k],
                                                         retain_graph=k < k_cols - 1,
                                                         allow_unused=True)
-                            for (name, module), g in zip(back, grads):
-                                if g is None:
-                                    g = torch.zeros_like(captured[name][1])
-                                rows = _output_rows(module, g).to(torch.float64)
-                                G[name] = G.get(name, 0) + rows.T @ rows / locations[name]
+                            for j, ((name, module), g) in enumerate(zip(back, grads)):
+                                if g is not None:
+                                    per_layer[j].append(_output_rows(module, g))
+                        for (name, module), rows_k in zip(back, per_layer):
+                            size = captured[name][1].shape[1]
+                            rows = (torch.cat(rows_k).to(accumulate) if rows_k
+                                    else torch.zeros(0, size, dtype=accumulate))
+                            gram = (rows.T @ rows).to(torch.float64)
+                            G[name] = G.get(name, 0) + gram / locations[name]
                     n_total += xb.shape[0]
     finally:
         for h in handles:
@@ -466,7 +481,7 @@ def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Calla
 
 def layer_vector(module: nn.Module, include_bias: bool) -> torch.Tensor:
     """A layer's weight as one float64 vector: rows of the (out, in[+1]) matrix."""
-    w = module.weight.detach().reshape(module.weight.shape[0], -1).to(torch.float64)
+    w = module.weight.detach().reshape(module.weight.shape[0], -1).to(torch.float64, copy=True)
     if include_bias:
         b = (module.bias.detach().to(torch.float64) if module.bias is not None
              else torch.zeros(w.shape[0], dtype=torch.float64))

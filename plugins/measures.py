@@ -55,7 +55,7 @@ class ParameterNorm(Measure):
 
 
 class SpectralNorm(Measure):
-    """Spectral distance from initialization: sum_l ||W^F_l - W^0_l||_2^2 (top singular value squared).
+    """Spectral distance from initialization: sum_l ||W^F_l - W^0_l||_2^2 (top singular value^2).
 
     Bigger = predicts worse generalization. A conv kernel's norm is that of its
     (C_out, C_in*kh*kw) reshape (science.md), not the operator norm of the

@@ -102,7 +102,11 @@ def reverse_noise_covariance(moment: torch.Tensor, damping: float,
     m = moment.double()
     scale = float(torch.diagonal(m).mean().clamp(min=1e-30))
     eye = torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
-    sigma = torch.linalg.inv(m + damping * scale * eye)
+    damped = m + damping * scale * eye
+    chol, info = torch.linalg.cholesky_ex(damped)
+    # Cholesky inverse (the damped moment is positive definite); an undamped singular
+    # moment falls back to the pseudo-inverse.
+    sigma = torch.cholesky_inverse(chol) if int(info) == 0 else torch.linalg.pinv(damped, hermitian=True)
     r = reverse_offdiagonal(sigma)
     if normalize:
         r = r * (scale / float(torch.diagonal(r).mean().clamp(min=1e-300)))
@@ -149,7 +153,8 @@ class ReverseNoiseHandler(TapHandler):
             if rows.shape[0] > self.p.max_rows:
                 pick = torch.randint(rows.shape[0], (self.p.max_rows,), device=rows.device)
                 rows = rows[pick]
-            batch = (rows.T.double() @ rows.double()) / rows.shape[0]
+            rows = rows.float()
+            batch = ((rows.T @ rows) / rows.shape[0]).double()  # float32 product, float64 average
             if st.moment is None:
                 st.moment = batch
             else:
@@ -203,7 +208,7 @@ class _ReverseNoiseParams(Params):
     normalize: bool = Field(True, description="rescale r(Sigma) to the signal's mean second moment, "
                             "so strength is relative to the signal's RMS")
     decay: float = Field(0.95, ge=0, lt=1, description="EMA decay of the running second moment")
-    refresh_every: int = Field(20, ge=1, description="recompute r(Sigma) and its factor every N steps")
+    refresh_every: int = Field(100, ge=1, description="recompute r(Sigma) and its factor every N steps")
     max_rows: int = Field(4096, ge=1, description="rows (samples x positions) used per step for E[.]")
 
 

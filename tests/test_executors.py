@@ -1,0 +1,226 @@
+"""Executors: each trains a tiny suite, stores every result in the calling process,
+and a run interrupted after its first stored model resumes without retraining it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import genbench
+from genbench.components import Dataset, Params
+from genbench.data import DataBundle
+from genbench.plugins import load_registry
+from genbench.population import expand
+from genbench.runner import DataCache, Trainer, train_population
+from genbench.store import Store
+from genbench.suite import Suite
+
+
+class Blobs(Dataset):
+    """Gaussian blobs: 64 train / 32 test points, 6 features, 3 classes (instant to make)."""
+
+    name = "blobs"
+    version = "1"
+
+    class Params(Params):
+        n_train: int = 64
+
+    def load(self) -> DataBundle:
+        g = torch.Generator().manual_seed(5)
+        centers = torch.randn(3, 6, generator=g) * 2
+        n = self.params.n_train + 32
+        y = torch.arange(n) % 3
+        x = centers[y] + torch.randn(n, 6, generator=g)
+        k = self.params.n_train
+        return DataBundle("blobs", x[:k], y[:k], x[k:], y[k:], 3)
+
+
+@genbench.hookimpl
+def register_datasets(register):
+    register(Blobs)
+
+
+@pytest.fixture
+def registry():
+    return load_registry(extra=[("test_executors_data", sys.modules[__name__])])
+
+
+def tiny_suite(dataset: str = "blobs") -> Suite:
+    """4 models in 2 stackable groups (two widths x two learning rates)."""
+    return Suite(name="tiny", dataset={"name": dataset, "params": {}},
+                 model={"name": "mlp", "params": {"depth": 1}},
+                 train={"batch_size": 32, "max_epochs": 2, "lr": 0.05},
+                 regularizers={"dropout": {"rate": 0.2}},
+                 grid={"model.width": [4, 8], "train.lr": [0.05, 0.1]})
+
+
+class Interrupt:
+    """A progress callback that presses Ctrl-C right after the first model is stored."""
+
+    def __init__(self, after: int | None = 1):
+        self.after, self.seen = after, 0
+
+    def __call__(self, stage, total):
+        def advance(description):
+            self.seen += 1
+            if self.after is not None and self.seen >= self.after:
+                raise KeyboardInterrupt
+
+        return advance
+
+
+def interrupted_then_resumed(executor: str, store_dir: Path, registry, params=None,
+                             suite: Suite | None = None) -> Store:
+    suite = suite or tiny_suite()
+    specs = expand(suite, registry)
+    with Store(store_dir) as st:
+        with pytest.raises(KeyboardInterrupt):
+            train_population(specs, suite, st, registry, "cpu", Interrupt(1), executor,
+                             executor_params=params)
+        assert [m["status"] for m in st.models()] == ["done"]  # the first result was kept
+        counts = train_population(specs, suite, st, registry, "cpu", Interrupt(None), executor,
+                                  executor_params=params)
+        assert counts == {"trained": len(specs) - 1, "failed": 0}  # nothing retrained
+        assert sorted(m["key"] for m in st.models()) == sorted(s.key for s in specs)
+        assert all(m["status"] == "done" for m in st.models())
+        again = train_population(specs, suite, st, registry, "cpu", Interrupt(None), executor,
+                                 executor_params=params)
+        assert again == {"trained": 0, "failed": 0}
+    return Store(store_dir)
+
+
+def weights(store_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    with Store(store_dir) as st:
+        return {m["key"]: st.load_weights(m["key"])[1] for m in st.models()}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], atol=1e-5, rtol=1e-4)
+
+
+def test_local_executor_resumes_after_interrupt(tmp_path, registry):
+    interrupted_then_resumed("local", tmp_path / "s", registry, {"threads": 1})
+    # the same models as an uninterrupted run
+    suite = tiny_suite()
+    with Store(tmp_path / "whole") as st:
+        train_population(expand(suite, registry), suite, st, registry, "cpu", Interrupt(None))
+    assert_same_weights(weights(tmp_path / "s"), weights(tmp_path / "whole"))
+
+
+def test_local_executor_sets_and_restores_threads():
+    from genbench_plugins.executors import LocalExecutor
+
+    seen = []
+
+    class Recorder:
+        def groups(self, jobs):
+            return [jobs]
+
+        def train_group(self, group):
+            seen.append(torch.get_num_threads())
+            return [None] * len(group)
+
+    before = torch.get_num_threads()
+    done = []
+    LocalExecutor(LocalExecutor.Params(threads=3)).run(["a", "b"], Recorder(),
+                                                       lambda j, r: done.append(j))
+    assert seen == [3] and done == ["a", "b"]
+    assert torch.get_num_threads() == before
+
+
+def test_sensible_threads_leaves_busy_cores_alone(monkeypatch):
+    from genbench_plugins import executors
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # only this process
+    assert executors.sensible_threads(8) == 8
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.2, 1.0, 1.0))  # ~5 cores busy elsewhere
+    assert executors.sensible_threads(8) == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 1.0, 1.0))
+    assert executors.sensible_threads(8) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert executors.sensible_threads(8) == torch.get_num_threads()
+
+
+def test_balance_gives_every_worker_a_group():
+    from genbench_plugins.executors import balance
+
+    assert [len(g) for g in balance([[1, 2, 3, 4, 5, 6]], 2)] == [3, 3]
+    assert [len(g) for g in balance([[1, 2, 3, 4], [5]], 4)] == [2, 1, 1, 1]
+    assert [len(g) for g in balance([[1], [2]], 4)] == [1, 1]  # nothing left to split
+    parts = balance([list(range(10)), list(range(10, 13))], 3)
+    assert sorted(x for g in parts for x in g) == list(range(13))
+
+
+def test_workers_rebuild_a_registry_with_hand_added_plugins(registry):
+    from genbench_plugins.executors import WorkerSetup, extra_plugins, worker_registry
+
+    extra = extra_plugins(registry)
+    assert extra == (("test_executors_data", __name__, "unknown"),)
+    rebuilt = worker_registry(WorkerSetup(extra, True, 1))
+    assert rebuilt.get("dataset", "blobs").cls is Blobs
+    assert set(rebuilt.names("executor")) >= {"local", "process", "ray"}
+
+
+def test_process_executor_trains_stores_and_resumes(tmp_path, registry):
+    """Two spawned workers (each rebuilding the registry, test plugin included); the
+    stored models equal the local executor's."""
+    interrupted_then_resumed("process", tmp_path / "p", registry, {"workers": 2, "threads": 1})
+    suite = tiny_suite()
+    with Store(tmp_path / "l") as st:
+        train_population(expand(suite, registry), suite, st, registry, "cpu", Interrupt(None),
+                         "local")
+    assert_same_weights(weights(tmp_path / "p"), weights(tmp_path / "l"))
+
+
+def test_process_executor_records_a_failed_model(tmp_path, registry):
+    suite = tiny_suite()
+    specs = expand(suite, registry)
+    trainer = Trainer(registry, DataCache(registry), "cpu")
+    from genbench_plugins.executors import pack_results, train_packed
+    import pickle
+
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no pickling")
+
+    back = pickle.loads(pack_results([Unpicklable("boom"), ValueError("bad")]))
+    assert isinstance(back[0], RuntimeError) and "Unpicklable: boom" in str(back[0])
+    assert isinstance(back[1], ValueError)
+
+    class Broken:
+        def train_group(self, group):
+            raise OSError("disk gone")
+
+    back = pickle.loads(train_packed(Broken(), specs[:2]))
+    assert [type(r) for r in back] == [OSError, OSError]
+    assert len(pickle.loads(train_packed(trainer, specs[:2]))) == 2
+
+
+def test_ray(tmp_path, monkeypatch):
+    """A local one-CPU Ray instance with every file under tmp_path (auth token
+    included, no dashboard): trains, stores as tasks finish, resumes after Ctrl-C."""
+    token = tmp_path / "token"
+    token.write_text(os.urandom(32).hex())  # Ray's own format: 64 hex digits
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    ray_mod = pytest.importorskip("ray")  # after the settings: Ray reads them on import
+    home_token = Path.home() / ".ray" / "auth_token"
+    had_home_token = home_token.exists()
+    registry = load_registry()  # built-ins only: Ray workers import plugins by entry point
+    ray_mod.init(num_cpus=1, include_dashboard=False, _temp_dir=str(tmp_path / "r"),
+                 log_to_driver=False)
+    try:
+        interrupted_then_resumed("ray", tmp_path / "s", registry, suite=tiny_suite("digits"))
+    finally:
+        ray_mod.shutdown()
+    assert home_token.exists() == had_home_token
+    assert any((tmp_path / "r").iterdir())
