@@ -40,22 +40,26 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float, float]:
     return out, time.perf_counter() - w, time.process_time() - c
 
 
-def mlp_suite(n_models: int, depth: int, width: int, epochs: int) -> Suite:
-    """n same-architecture MNIST-1D MLPs varying dropout and lr like the default suite
-    (fixed epochs, no early stop, so both paths do the same work)."""
-    seeds = list(range(math.ceil(n_models / 6)))
+def mlp_suite(n_models: int, depth: int, width: int, epochs: int, dropout: bool = True) -> Suite:
+    """n same-architecture MNIST-1D MLPs varying dropout (or not) and lr like the default
+    suite (fixed epochs, no early stop, so both paths do the same work)."""
+    rates = [0.0, 0.15, 0.3] if dropout else [0.0]
+    seeds = list(range(math.ceil(n_models / (2 * len(rates)))))
     s = Suite(name=f"bench-{depth}x{width}", dataset={"name": "mnist1d", "params": {}},
               model={"name": "mlp", "params": {"depth": depth, "width": width}},
               train={"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 64,
                      "max_epochs": epochs, "lr_halve_every": 15},
               regularizers={"dropout": {"rate": 0.0}},
-              grid={"regularizers.dropout.rate": [0.0, 0.15, 0.3], "train.lr": [0.05, 0.02]},
+              grid={"regularizers.dropout.rate": rates, "train.lr": [0.05, 0.02]},
               seeds=seeds)
     return s
 
 
-def specs_for(n_models: int, depth: int, width: int, epochs: int, registry) -> list:
-    return expand(mlp_suite(n_models, depth, width, epochs), registry)[:n_models]
+def specs_for(n_models: int, depth: int, width: int, epochs: int, registry,
+              dropout: bool = True) -> list:
+    """The first n models, seed-major, so every subset mixes the grid's settings."""
+    specs = expand(mlp_suite(n_models, depth, width, epochs, dropout), registry)
+    return sorted(specs, key=lambda s: s.seed)[:n_models]
 
 
 def train_flops(depth: int, width: int, n_in: int, n_classes: int, n_train: int, n_test: int,
@@ -83,37 +87,42 @@ def matmul_peak(size: int = 2048, reps: int = 5) -> float:
 
 # -- sections -----------------------------------------------------------------------
 def bench_batched(registry, sizes, archs, epochs: int, repeats: int) -> list[dict[str, Any]]:
-    """Batched (bmm and vmap backends) vs sequential train_one, same specs."""
+    """Batched (bmm and vmap backends) vs sequential train_one, same specs; populations
+    with dropout {0, 0.15, 0.3} (masks cost the same random numbers on both paths)
+    and without."""
     from genbench.batched import train_batched
 
     rows = []
     data_cache = DataCache(registry)
-    for depth, width in archs:
-        for n in sizes:
-            specs = specs_for(n, depth, width, epochs, registry)
-            data = data_cache.get(specs[0].config)
-            times: dict[str, list[tuple[float, float]]] = {"seq": [], "bmm": [], "vmap": []}
-            for _ in range(repeats):
-                for kind in ("seq", "bmm", "vmap"):
-                    if kind == "seq":
-                        _, w, c = timed(lambda: [train_one(s, data, registry) for s in specs])
-                    else:
-                        _, w, c = timed(train_batched, specs, data, registry, "cpu", kind)
-                    times[kind].append((w, c))
-            med = {k: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v))
-                   for k, v in times.items()}
-            row = {"depth": depth, "width": width, "models": n, "epochs": epochs,
-                   "seq_wall": med["seq"][0], "seq_cpu": med["seq"][1],
-                   "bmm_wall": med["bmm"][0], "bmm_cpu": med["bmm"][1],
-                   "vmap_wall": med["vmap"][0], "vmap_cpu": med["vmap"][1]}
-            for k in ("bmm", "vmap"):
-                row[f"{k}_speedup_wall"] = row["seq_wall"] / row[f"{k}_wall"]
-                row[f"{k}_speedup_cpu"] = row["seq_cpu"] / row[f"{k}_cpu"]
-            rows.append(row)
-            print(f"  {depth}x{width} N={n:3d}: seq {row['seq_cpu']:.2f}s cpu "
-                  f"({row['seq_wall']:.2f}s wall) | bmm x{row['bmm_speedup_cpu']:.2f} cpu "
-                  f"x{row['bmm_speedup_wall']:.2f} wall | vmap x{row['vmap_speedup_cpu']:.2f} cpu "
-                  f"x{row['vmap_speedup_wall']:.2f} wall", flush=True)
+    for dropout in (True, False):
+        for depth, width in archs:
+            for n in sizes:
+                specs = specs_for(n, depth, width, epochs, registry, dropout)
+                data = data_cache.get(specs[0].config)
+                times: dict[str, list[tuple[float, float]]] = {"seq": [], "bmm": [], "vmap": []}
+                for _ in range(repeats):
+                    for kind in ("seq", "bmm", "vmap"):
+                        if kind == "seq":
+                            _, w, c = timed(lambda: [train_one(s, data, registry) for s in specs])
+                        else:
+                            _, w, c = timed(train_batched, specs, data, registry, "cpu", kind)
+                        times[kind].append((w, c))
+                med = {k: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v))
+                       for k, v in times.items()}
+                row = {"dropout": dropout, "depth": depth, "width": width, "models": n,
+                       "epochs": epochs,
+                       "seq_wall": med["seq"][0], "seq_cpu": med["seq"][1],
+                       "bmm_wall": med["bmm"][0], "bmm_cpu": med["bmm"][1],
+                       "vmap_wall": med["vmap"][0], "vmap_cpu": med["vmap"][1]}
+                for k in ("bmm", "vmap"):
+                    row[f"{k}_speedup_wall"] = row["seq_wall"] / row[f"{k}_wall"]
+                    row[f"{k}_speedup_cpu"] = row["seq_cpu"] / row[f"{k}_cpu"]
+                rows.append(row)
+                label = f"{'dropout' if dropout else 'no dropout'} {depth}x{width} N={n:3d}"
+                print(f"  {label}: seq {row['seq_cpu']:.2f}s cpu ({row['seq_wall']:.2f}s wall)"
+                      f" | bmm x{row['bmm_speedup_cpu']:.2f} cpu "
+                      f"x{row['bmm_speedup_wall']:.2f} wall | vmap x{row['vmap_speedup_cpu']:.2f} cpu "
+                      f"x{row['vmap_speedup_wall']:.2f} wall", flush=True)
     return rows
 
 
@@ -124,17 +133,18 @@ def bench_flops(registry, archs, n_models: int, epochs: int) -> list[dict[str, A
     peak = matmul_peak()
     rows = []
     data_cache = DataCache(registry)
-    for depth, width in archs:
-        specs = specs_for(n_models, depth, width, epochs, registry)
+    for dropout, (depth, width) in [(d, a) for d in (True, False) for a in archs]:
+        specs = specs_for(n_models, depth, width, epochs, registry, dropout)
         data = data_cache.get(specs[0].config)
         _, wall, cpu = timed(train_batched, specs, data, registry, "cpu", "bmm")
         flops = n_models * train_flops(depth, width, data.train_x.shape[1], data.n_classes,
                                        data.n_train, data.test_x.shape[0], 64, epochs)
-        rows.append({"depth": depth, "width": width, "models": n_models, "epochs": epochs,
-                     "gflop": flops / 1e9, "gflops_cpu": flops / cpu / 1e9,
+        rows.append({"dropout": dropout, "depth": depth, "width": width, "models": n_models,
+                     "epochs": epochs, "gflop": flops / 1e9, "gflops_cpu": flops / cpu / 1e9,
                      "gflops_wall": flops / wall / 1e9, "peak_gflops": peak / 1e9,
                      "fraction_cpu": flops / cpu / peak, "fraction_wall": flops / wall / peak})
-        print(f"  {depth}x{width} N={n_models}: {flops / cpu / 1e9:.1f} GFLOP/s (cpu time), "
+        print(f"  {'dropout' if dropout else 'no dropout'} {depth}x{width} N={n_models}: "
+              f"{flops / cpu / 1e9:.1f} GFLOP/s (cpu time), "
               f"{flops / wall / 1e9:.1f} wall; large matmul {peak / 1e9:.1f} -> "
               f"{rows[-1]['fraction_cpu']:.0%} of it", flush=True)
     return rows
@@ -152,8 +162,9 @@ def bench_threads(registry, n_models: int, epochs: int, repeats: int) -> list[di
     try:
         for threads in sorted({1, cores}):
             torch.set_num_threads(threads)
-            seq = statistics.median(timed(lambda: [train_one(s, data, registry) for s in specs[:8]])[1]
-                                    for _ in range(repeats)) * n_models / 8
+            sample = specs[::max(1, len(specs) // 8)][:8]  # every setting of the grid
+            seq = statistics.median(timed(lambda: [train_one(s, data, registry) for s in sample])[1]
+                                    for _ in range(repeats)) * n_models / len(sample)
             bat = statistics.median(timed(train_batched, specs, data, registry)[1]
                                     for _ in range(repeats))
             rows.append({"threads": threads, "seq_wall_est": seq, "batched_wall": bat,
@@ -214,7 +225,14 @@ def bench_executors(registry, repeats: int) -> dict[str, Any]:
     DataCache(registry).get(specs[0].config)
     kinds: list[tuple[str, dict]] = [("local", {}), ("process", {})]
     ray_note = None
-    tmp = tempfile.mkdtemp(prefix="gb-exec-")
+    tmp_dir = tempfile.TemporaryDirectory(prefix="gb-exec-")
+    tmp = tmp_dir.name
+    # Ray (>= 2.5x) writes an auth token to ~/.ray unless told where: keep it here.
+    token = Path(tmp) / "ray_token"
+    token.write_text(os.urandom(32).hex())
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray  # noqa: F401
 
@@ -245,6 +263,7 @@ def bench_executors(registry, repeats: int) -> dict[str, Any]:
             import ray
 
             ray.shutdown()
+        tmp_dir.cleanup()
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"median_wall": med, "runs": times, "note": ray_note,
             "vs_local": {k: med["local"] / v for k, v in med.items()}}

@@ -114,7 +114,7 @@ def inverse_factor_volume(factor: torch.Tensor, damping: float, ones_null: bool 
     """
     if damping <= 0:
         raise ValueError("damping must be > 0 (a rank-deficient factor has no inverse)")
-    f = torch.as_tensor(factor, dtype=torch.float64)
+    f = torch.as_tensor(factor, dtype=torch.float64).cpu()
     f = 0.5 * (f + f.T)
     size = f.shape[0]
     mask = live_coordinates(f)
@@ -251,7 +251,7 @@ def output_hessian_sqrt(logits: torch.Tensor, y: torch.Tensor, loss_fn: Callable
     z = logits.detach().to(torch.float64)
     if cross_entropy:
         p = torch.softmax(z, dim=1)
-        eye = torch.eye(z.shape[1], dtype=torch.float64)
+        eye = torch.eye(z.shape[1], dtype=torch.float64, device=z.device)
         return (eye[None, :, :] - p[:, :, None]) * p.sqrt()[:, None, :]
     target = y.to(torch.float64) if y.is_floating_point() else y
     with torch.enable_grad():
@@ -298,7 +298,9 @@ def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     The model runs in eval mode (BatchNorm uses its running statistics); when
     ``noise`` is set, the regularizers' forward noise (dropout) is active, so the
     factors are E_{s,eta}[.] of the network as it was trained; ``noise_passes``
-    passes over the data draw fresh noise each time.
+    passes over the data draw fresh noise each time. ``accumulate`` is the dtype of
+    each batch's Gram matrices (summed across batches in float64): float32 halves
+    the cost on a float32 model, whose gradients are float32 anyway.
     """
     if fisher not in ("exact", "mc"):
         raise ValueError(f"fisher must be 'exact' or 'mc', not {fisher!r}")
@@ -346,12 +348,14 @@ def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     locations: dict[str, int] = {}
                     back: list[tuple[str, nn.Module]] = []
                     for name, module in layers:
+                        if name not in captured:
+                            raise ValueError(f"layer {name} is not used by the forward pass")
                         inp, out = captured[name]
                         rows, locations[name] = _unfold_input(module, inp.detach())
-                        rows = rows.to(torch.float64)
+                        rows = rows.to(accumulate)
                         if include_bias:
                             rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)
-                        A[name] = A.get(name, 0) + rows.T @ rows
+                        A[name] = A.get(name, 0) + (rows.T @ rows).to(torch.float64)
                         if out is logits and isinstance(module, nn.Linear) and logits.dim() == 2:
                             # The output layer: its G is the output Hessian itself, in float64.
                             direct.add(name)
@@ -386,7 +390,9 @@ def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     out: dict[str, LayerFactors] = {}
     for name, module in layers:
         a, g = A[name] / n_total, G[name] / n_total
-        out[name] = LayerFactors(name, type(module).__name__, 0.5 * (a + a.T), 0.5 * (g + g.T),
+        # The factors are small: the linear algebra runs on the CPU, in float64.
+        a, g = (0.5 * (a + a.T)).cpu(), (0.5 * (g + g.T)).cpu()
+        out[name] = LayerFactors(name, type(module).__name__, a, g,
                                  ones_null=bool(cross_entropy) and _has_ones_null(g, name in direct),
                                  samples=n_total)
     return out
@@ -505,27 +511,26 @@ def sample_posterior(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn
     params = [p for p in model.parameters()]
     for p in params:
         p.requires_grad_(True)
+        p.grad = None
     model.eval()
     noisy = noise and any(t.handlers for t in taps.taps(model))
     ref = mean_loss(model, x, y, loss_fn)
     kept: dict[str, list[torch.Tensor]] = {layer_key(n): [] for n, _ in layers}
     chain = SampleChain({}, 0, 0, ref)
     n = x.shape[0]
+    sgd = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
     for _ in range(n_samples):
         with torch.no_grad():
             for p in params:
                 p.add_(torch.randn_like(p), alpha=sigma_u)
-        for _ in range(epochs):
-            order = torch.randperm(n, device=x.device)
-            for i in range(0, n, batch_size):
-                idx = order[i:i + batch_size]
-                with taps.noise_active(model, noisy), torch.enable_grad():
-                    loss = loss_fn(model(x[idx]), y[idx])
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                with torch.no_grad():
-                    for p, g in zip(params, grads):
-                        if g is not None:
-                            p.sub_(g, alpha=lr)
+        with taps.noise_active(model, noisy), torch.enable_grad():
+            for _ in range(epochs):
+                order = torch.randperm(n, device=x.device)
+                for i in range(0, n, batch_size):
+                    idx = order[i:i + batch_size]
+                    sgd.zero_grad(set_to_none=True)
+                    loss_fn(model(x[idx]), y[idx]).backward()
+                    sgd.step()
         chain.tried += 1
         current = mean_loss(model, x, y, loss_fn)
         chain.losses.append(current)
@@ -539,7 +544,8 @@ def sample_posterior(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn
             chain.kept += 1
             for name, module in layers:
                 kept[layer_key(name)].append(layer_vector(module, include_bias))
-    chain.samples = {k: (torch.stack(v) if v else torch.empty(0)) for k, v in kept.items()}
+    sgd.zero_grad(set_to_none=True)
+    chain.samples = {k: (torch.stack(v) if v else torch.empty(0, 0)) for k, v in kept.items()}
     return chain
 
 
@@ -556,7 +562,7 @@ def sampled_log_vol(samples: torch.Tensor, *, subset_size: int = 4, n_subsets: i
     """log_vol of one layer from kept samples (n, k), scaled to k via the per-dimension figure.
 
     ``covariance="subsets"``: the mean over ``n_subsets`` random coordinate subsets
-    of size d = min(subset_size, k, n - 2) of log_vol(sample covariance)/d, minus
+    of size d = min(subset_size, k) (needs n >= d + 2) of log_vol(sample covariance)/d, minus
     the Gaussian small-sample bias when ``debias``. ``"ledoit_wolf"``: the same
     average with Ledoit-Wolf-shrunk covariances (d may exceed n; biased towards 0).
     With d >= k the whole matrix is used once.
@@ -564,10 +570,10 @@ def sampled_log_vol(samples: torch.Tensor, *, subset_size: int = 4, n_subsets: i
     n, k = samples.shape
     x = samples.to(torch.float64)
     if covariance == "subsets":
-        d = min(subset_size, k, n - 2)
-        if d < 1 or n < 3:
-            raise ValueError(f"only {n} samples kept: the sampling estimator needs at least 3 "
-                             "(raise n_samples or eps)")
+        d = min(subset_size, k)
+        if n < d + 2:
+            raise ValueError(f"only {n} samples kept: covariances of {d} coordinates need at "
+                             f"least {d + 2} (raise n_samples or eps, lower sigma_u)")
     elif covariance == "ledoit_wolf":
         d = min(subset_size, k)
         if n < 2:

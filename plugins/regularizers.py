@@ -99,7 +99,7 @@ def reverse_noise_covariance(moment: torch.Tensor, damping: float,
     diagonal. With ``normalize``, r(Sigma) is rescaled so its mean diagonal equals M's:
     the noise then has the units of the signal and ``strength`` is relative to its RMS.
     """
-    m = moment.double()
+    m = moment.double()  # the running moment is float32; invert in float64
     scale = float(torch.diagonal(m).mean().clamp(min=1e-30))
     eye = torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
     damped = m + damping * scale * eye
@@ -119,20 +119,14 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.dim() == 2 else x.movedim(1, -1).reshape(-1, x.shape[1])
 
 
-def from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    if like.dim() == 2:
-        return rows
-    return rows.reshape(like.movedim(1, -1).shape).movedim(-1, 1)
-
-
 class _UnitStats:
-    """Running second moment of one tap's units and the sampling factor derived from it."""
+    """Running second moment of one tap's units and the sampler derived from it."""
 
     def __init__(self):
-        self.moment: torch.Tensor | None = None
+        self.moment: torch.Tensor | None = None  # float32 EMA of (1/rows) X^T X
         self.steps = 0
-        self.factor: torch.Tensor | None = None
-        self.rms = 1.0
+        self.sampler: torch.Tensor | None = None  # (N, N): z @ sampler = strength * (eta - mu)
+        self.shift = 0.0  # strength * mu (a scalar times ones)
         self.clipped = 0
         self.refreshes = 0
 
@@ -140,7 +134,7 @@ class _UnitStats:
 class ReverseNoiseHandler(TapHandler):
     """Shared machinery of both reverse noises: per tap, an exponential moving average of
     the units' second moment (updated every training step from at most ``max_rows``
-    rows), a sampling factor recomputed every ``refresh_every`` steps, and a sampler."""
+    rows), a sampler recomputed every ``refresh_every`` steps, and the perturbation."""
 
     def __init__(self, params: Any):
         self.p = params
@@ -154,11 +148,11 @@ class ReverseNoiseHandler(TapHandler):
                 pick = torch.randint(rows.shape[0], (self.p.max_rows,), device=rows.device)
                 rows = rows[pick]
             rows = rows.float()
-            batch = ((rows.T @ rows) / rows.shape[0]).double()  # float32 product, float64 average
+            n = rows.shape[0]
             if st.moment is None:
-                st.moment = batch
-            else:
-                st.moment.mul_(self.p.decay).add_(batch, alpha=1 - self.p.decay)
+                st.moment = (rows.T @ rows) / n
+            else:  # moment <- decay * moment + (1 - decay) * X^T X / n, in one kernel
+                st.moment.addmm_(rows.T, rows, beta=self.p.decay, alpha=(1 - self.p.decay) / n)
             if st.steps % self.p.refresh_every == 0:
                 self._refresh(st)
             st.steps += 1
@@ -166,28 +160,30 @@ class ReverseNoiseHandler(TapHandler):
 
     def _refresh(self, st: _UnitStats) -> None:
         cov = reverse_noise_covariance(st.moment, self.p.damping, self.p.normalize)
-        factor, st.clipped = psd_factor(cov)
-        st.factor = factor.float()  # sampled in float32; the inversion and eigh are float64
-        st.rms = math.sqrt(float(torch.diagonal(st.moment).mean().clamp(min=0))) \
+        factor, st.clipped = psd_factor(cov)  # float64 inverse and eigh, float32 sampling
+        st.sampler = (self.p.strength * factor).T.contiguous().float()
+        rms = math.sqrt(float(torch.diagonal(st.moment).double().mean().clamp(min=0))) \
             if self.p.normalize else 1.0
+        st.shift = self.p.strength * self.p.mean * rms
         st.refreshes += 1
 
-    def _sample(self, st: _UnitStats, like: torch.Tensor) -> torch.Tensor:
-        """strength * eta with eta ~ N(mean * rms, clip(r(Sigma))), shaped like ``like``."""
-        n_rows = like.numel() // like.shape[1]
-        z = torch.randn(n_rows, st.factor.shape[0], device=like.device)
-        eta = z @ st.factor.T
-        if self.p.mean:
-            eta = eta + self.p.mean * st.rms
-        return (self.p.strength * from_rows(eta, like)).to(like.dtype)
+    def _perturb(self, st: _UnitStats, x: torch.Tensor) -> torch.Tensor:
+        """x + strength * eta, eta ~ N(mean * rms, clip(r(Sigma))) per row (unit = channel)."""
+        sampler = st.sampler if st.sampler.dtype == x.dtype else st.sampler.to(x.dtype)
+        if x.dim() == 2:
+            z = torch.randn(x.shape[0], sampler.shape[0], device=x.device, dtype=x.dtype)
+            out = torch.addmm(x, z, sampler)
+        else:
+            z = torch.randn(x.shape[0], *x.shape[2:], sampler.shape[0], device=x.device, dtype=x.dtype)
+            out = x + (z @ sampler).movedim(-1, 1)
+        return out + st.shift if st.shift else out
 
 
 class ActivationReverseNoiseHandler(ReverseNoiseHandler):
     def activation(self, tap: Tap, a: torch.Tensor) -> torch.Tensor:
         if not tap.training:  # a training perturbation only: see docs/regularizers.md
             return a
-        st = self._observe(tap, a)
-        return a + self._sample(st, a)
+        return self._perturb(self._observe(tap, a), a)
 
 
 class NodeLossReverseNoiseHandler(ReverseNoiseHandler):
@@ -197,8 +193,7 @@ class NodeLossReverseNoiseHandler(ReverseNoiseHandler):
         return h
 
     def _on_grad(self, tap: Tap, g: torch.Tensor) -> torch.Tensor:
-        st = self._observe(tap, g)
-        return g + self._sample(st, g)
+        return self._perturb(self._observe(tap, g), g)
 
 
 class _ReverseNoiseParams(Params):
@@ -278,23 +273,29 @@ class WeightNoise(Regularizer):
         return WeightNoiseHandler(self.params.std, self.params.every, self.params.include_bias)
 
 
-def paired_volume_change(rows: list[dict[str, Any]], key: str,
+def paired_volume_change(rows: list[dict[str, Any]], keys: str | list[str],
                          volume: str = "vol_per_dim_mean") -> list[dict[str, Any]]:
     """The volume change a regularizer caused, against its twin trained without it.
 
     ``rows``: dicts with ``hparams``, ``seed`` and ``volume`` (a dict holding ``volume``).
-    For every row whose ``hparams[key]`` is non-zero, the twin is the row with the same
-    seed and the same hparams except ``key`` set to 0 (or falsy). Returns, per such row,
-    ``{"row", "twin", "change", "contracted"}`` with ``change = vol(row) - vol(twin)``;
-    rows without a twin are skipped. This is how the paper selects its contraction runs.
+    ``keys``: the hyperparameter(s) that switch the regularizer(s) on. A row is treated
+    when any of ``keys`` is non-zero (truthy); its twin is the row with the same seed,
+    the same other hparams, and every one of ``keys`` zero (falsy). Returns, per
+    treated row with a twin, ``{"row", "twin", "change", "contracted"}`` with
+    ``change = vol(row) - vol(twin)``. This is how the paper selects its contraction runs.
     """
-    def rest(r: dict[str, Any]) -> tuple:
-        return (r["seed"], tuple(sorted((k, repr(v)) for k, v in r["hparams"].items() if k != key)))
+    keys = [keys] if isinstance(keys, str) else list(keys)
 
-    baselines = {rest(r): r for r in rows if not r["hparams"].get(key)}
+    def treated(r: dict[str, Any]) -> bool:
+        return any(r["hparams"].get(k) for k in keys)
+
+    def rest(r: dict[str, Any]) -> tuple:
+        return (r["seed"], tuple(sorted((k, repr(v)) for k, v in r["hparams"].items() if k not in keys)))
+
+    baselines = {rest(r): r for r in rows if not treated(r)}
     out = []
     for r in rows:
-        if not r["hparams"].get(key):
+        if not treated(r):
             continue
         twin = baselines.get(rest(r))
         if twin is None or r["volume"] is None or twin["volume"] is None:

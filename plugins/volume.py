@@ -50,6 +50,9 @@ class Laplace(VolumeEstimator):
         noise: bool = Field(True, description="accumulate the factors with the regularizers' "
                             "forward noise (dropout) active, as the paper requires")
         noise_passes: int = Field(1, ge=1, description="passes over the data with fresh noise")
+        gram_dtype: Literal["float64", "float32"] = Field(
+            "float64", description="dtype of each batch's Gram matrices (sums and all the "
+            "linear algebra stay float64); float32 about halves the cost")
         batch_size: int = Field(1024, ge=1)
         max_samples: int | None = Field(None, ge=1, description="use the first N training samples")
         blocks: int | None = Field(None, ge=1, description="also report the paper-compatible "
@@ -64,7 +67,8 @@ class Laplace(VolumeEstimator):
         factors = volume.kronecker_factors(
             model, x, y, loss_fn if loss_fn is not None else F.cross_entropy, fisher=fisher,
             mc_samples=p.mc_samples, include_bias=p.include_bias, batch_size=p.batch_size,
-            noise=p.noise, noise_passes=p.noise_passes)
+            noise=p.noise, noise_passes=p.noise_passes,
+            accumulate=torch.float32 if p.gram_dtype == "float32" else torch.float64)
         out = volume.laplace_volume(factors, damping=p.damping, null_space=p.null_space,
                                     blocks=p.blocks)
         out.update({"damping": p.damping, "fisher": fisher, "samples": int(x.shape[0]),
@@ -79,16 +83,17 @@ class Sampling(VolumeEstimator):
     version = "1"
 
     class Params(Params):
-        n_samples: int = Field(8, ge=1, description="iterations n of Algorithm 1 (each: "
+        n_samples: int = Field(20, ge=1, description="iterations n of Algorithm 1 (each: "
                                "perturb + `epochs` epochs of SGD); raise for fidelity")
         sigma_u: float = Field(0.1, gt=0, description="std of the perturbation U (paper: 0.1)")
         lr: float = Field(1e-4, gt=0, description="plain SGD learning rate (paper: 1e-4)")
         epochs: int = Field(1, ge=1, description="fine-tuning epochs per iteration (paper: 1)")
-        batch_size: int = Field(64, ge=1, description="fine-tuning minibatch size")
+        batch_size: int = Field(256, ge=1, description="fine-tuning minibatch size (not "
+                                "given by the paper; 256 is one of its training sizes)")
         eps: float = Field(0.05, gt=0, description="keep W' if |L_S(W') - L_S(W^F)| <= eps "
                            "(paper: 0.05 CIFAR-10/SVHN-like, 0.1 CIFAR-100/ImageNet-32-like)")
         subset_size: int = Field(4, ge=1, description="coordinates per random subset "
-                                 "(capped at kept - 2 for 'subsets')")
+                                 "('subsets' needs kept >= subset_size + 2)")
         n_subsets: int = Field(256, ge=1, description="random coordinate subsets per layer")
         covariance: Literal["subsets", "ledoit_wolf"] = Field(
             "subsets", description="sample covariance on subsets (debiased) or Ledoit-Wolf "
@@ -110,9 +115,11 @@ class Sampling(VolumeEstimator):
             model, x, y, loss_fn if loss_fn is not None else F.cross_entropy,
             n_samples=p.n_samples, sigma_u=p.sigma_u, lr=p.lr, epochs=p.epochs,
             batch_size=p.batch_size, eps=p.eps, include_bias=p.include_bias, noise=p.noise)
-        if chain.kept < 3:
-            raise ValueError(f"sampling kept {chain.kept} of {chain.tried} samples (need 3): "
-                             f"raise n_samples or eps, or lower sigma_u")
+        need = min(p.subset_size, *(int(v.shape[1]) for v in chain.samples.values())) + 2 \
+            if p.covariance == "subsets" else 2
+        if chain.kept < need:
+            raise ValueError(f"sampling kept {chain.kept} of {chain.tried} samples (needs {need}): "
+                             "raise n_samples or eps, or lower sigma_u")
         layers, details, paper = {}, {}, {}
         for key, s in chain.samples.items():
             est = volume.sampled_log_vol(s, subset_size=p.subset_size, n_subsets=p.n_subsets,

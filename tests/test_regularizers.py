@@ -212,15 +212,20 @@ def test_weight_noise_adds_the_stated_std_to_weights_after_each_step():
 
 
 def test_paired_volume_change_matches_each_run_with_its_noise_free_twin():
-    def row(std, lr, seed, vol):
-        return {"hparams": {"regularizers.weight_noise.std": std, "train.lr": lr}, "seed": seed,
+    def row(std, lr, seed, vol, drop=0.0):
+        return {"hparams": {"regularizers.weight_noise.std": std, "train.lr": lr,
+                            "regularizers.dropout.rate": drop}, "seed": seed,
                 "volume": {"vol_per_dim_mean": vol}}
 
     rows = [row(0.0, 0.1, 0, 0.50), row(0.01, 0.1, 0, 0.40), row(0.01, 0.1, 1, 0.9),
-            row(0.0, 0.2, 0, 0.30), row(0.01, 0.2, 0, 0.35)]
+            row(0.0, 0.2, 0, 0.30), row(0.01, 0.2, 0, 0.35), row(0.0, 0.1, 0, 0.7, drop=0.3)]
     out = paired_volume_change(rows, "regularizers.weight_noise.std")
     assert [(round(o["change"], 10), o["contracted"]) for o in out] == [(-0.1, True), (0.05, False)]
     assert out[0]["twin"] is rows[0] and out[1]["twin"] is rows[3]
+    # several switches at once: each treated run against the run with all of them off
+    both = paired_volume_change(rows, ["regularizers.weight_noise.std", "regularizers.dropout.rate"])
+    assert [(round(o["change"], 10), o["twin"] is rows[0]) for o in both] == [
+        (-0.1, True), (0.05, False), (0.2, True)]
 
 
 # -- controls -----------------------------------------------------------------------------------

@@ -451,6 +451,8 @@ def test_sampling_plugin_on_a_tapped_mlp_with_dropout():
     too_strict = entry.cls(entry.cls.Params(n_samples=3, sigma_u=1.0, eps=1e-6))
     with pytest.raises(ValueError, match="kept"):
         too_strict.estimate(net, bundle(), loss_fn=F.cross_entropy)
+    with pytest.raises(ValueError, match="at least 6"):
+        V.sampled_log_vol(torch.randn(5, 10), subset_size=4)
 
 
 # -- store-backed report and volume during training -------------------------------------------
@@ -473,7 +475,7 @@ rate = 0.0
 [measures]
 parameter_norm = {{}}
 [volume.sampling]
-n_samples = 5
+n_samples = 8
 sigma_u = 0.001
 eps = 1.0
 """
@@ -501,7 +503,11 @@ def test_volume_report_stores_and_reuses_estimates(tmp_path):
         assert len(st.results(kind="volume")) == 2
     # The suite's own params for an estimator are used (and overridable).
     samp = V.volume_report(store, "sampling", {}, suite=suite)
-    assert samp["params"]["n_samples"] == 5 and len(samp["models"]) == 2
+    assert samp["params"]["n_samples"] == 8 and len(samp["models"]) == 2 and "failed" not in samp
+    # A model whose estimate fails is listed, not fatal (too few samples for 4x4 covariances).
+    short = V.volume_report(store, "sampling", {"n_samples": 3}, suite=suite)
+    assert short["models"] == {} and len(short["failed"]) == 2
+    assert all("kept" in e for e in short["failed"].values())
 
 
 def test_volume_is_recorded_during_training():
