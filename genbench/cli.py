@@ -201,6 +201,8 @@ def volume(
                       f"{m['vol_per_dim_mean']:.4f}", f"{m['log_vol_sum']:.1f}",
                       str(len(m["layers"])), f"{m['seconds']:.2f}")
     console.print(table)
+    for key, error in report.get("failed", {}).items():
+        err.print(f"model {key[:8]}: {error}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -126,24 +126,24 @@ def inverse_factor_volume(factor: torch.Tensor, damping: float, ones_null: bool 
     delta = damping * scale
     eye = torch.eye(live, dtype=torch.float64)
     profile = ones_null and null_space == "profile" and live >= 2
-    if profile:
-        u = torch.full((live,), 1.0 / math.sqrt(live), dtype=torch.float64)
-        proj = eye - torch.outer(u, u)
-        f = proj @ f @ proj  # remove float32 round-off along the null direction
-        f = 0.5 * (f + f.T)
-    evals, evecs = torch.linalg.eigh(f + delta * eye)
-    evals = evals.clamp_min(delta)  # F is PSD: round-off below delta is noise
     if not profile:
+        evals, evecs = torch.linalg.eigh(f + delta * eye)
+        evals = evals.clamp_min(delta)  # F is PSD: round-off below delta is noise
         diag_inv = (evecs ** 2 / evals).sum(1)
         lv = float(-torch.log(evals).sum() - torch.log(diag_inv).sum())
         cov = (evecs / evals) @ evecs.T if keep_covariance else None
         return InverseVolume(min(lv, 0.0), live, size, delta, False, cov, mask)
-    # Regular part of the inverse: drop the eigenvector along u (eigenvalue delta).
-    along = (evecs.T @ u).abs()
-    null_idx = int(torch.argmax(along))
-    keep = torch.arange(live) != null_idx
-    reg = (evecs[:, keep] / evals[keep]) @ evecs[:, keep].T
-    log_pdet = float(-torch.log(evals[keep]).sum())
+    # The regular part of the inverse lives in the complement of u: invert F there,
+    # in an orthonormal basis Q of that complement (no 1/delta term to cancel).
+    u = torch.full((live,), 1.0 / math.sqrt(live), dtype=torch.float64)
+    q = torch.linalg.qr(torch.cat([u[:, None], eye], 1))[0][:, 1:live]
+    inner = q.T @ f @ q
+    evals, evecs = torch.linalg.eigh(0.5 * (inner + inner.T) + delta * torch.eye(live - 1,
+                                                                                dtype=torch.float64))
+    evals = evals.clamp_min(delta)
+    basis = q @ evecs
+    reg = (basis / evals) @ basis.T  # -> the pseudo-inverse of F as damping -> 0
+    log_pdet = float(-torch.log(evals).sum())
     a = torch.diagonal(reg).clamp_min(1e-300)
     b = _profile_root(a)  # the null direction's variance is t = live * b
     lv = log_pdet + math.log(live * b) - float(torch.log(a + b).sum())
@@ -281,7 +281,6 @@ def sampled_label_sqrt(logits: torch.Tensor, draws: int) -> torch.Tensor:
     m = cols @ cols.transpose(1, 2)
     evals, evecs = torch.linalg.eigh(m)
     return evecs * evals.clamp_min(0.0).sqrt()[:, None, :]
-
 
 
 def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -637,6 +636,9 @@ def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] 
     from genbench.store import Store
     from genbench.suite import Suite, load_suite
 
+    if suite is None and not (Path(store_dir) / "genbench.sqlite").exists():
+        raise FileNotFoundError(f"--store {store_dir}: no genbench store there; run `genbench "
+                                "run` first or name a suite")
     registry = registry or get_registry()
     entry = registry.get("volume_estimator", estimator)
     device = resolve_device(device)

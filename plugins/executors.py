@@ -3,8 +3,9 @@
 - ``local``: in this process, group after group (each group one stacked
   computation when batching is on), with a thread count fitted to the idle cores.
 - ``process``: a pool of worker processes across the cores (or one per GPU); each
-  worker rebuilds the plugin registry and loads the data itself, and every
-  group's results come back to this process, which stores them as they arrive.
+  worker rebuilds the plugin registry itself and gets the datasets this process
+  loaded (pickled once), and every group's results come back to this process,
+  which stores them as they arrive.
 - ``ray``: one Ray task per group on a Ray cluster (``address='auto'``) or a local
   instance, GPUs requested per task when training on CUDA; results are stored as
   each task finishes, so an interrupted cluster run resumes like any other.
@@ -123,11 +124,46 @@ def worker_registry(setup: WorkerSetup) -> Any:
     return registry
 
 
-def make_trainer(setup: WorkerSetup, device: str) -> Any:
-    from genbench.runner import DataCache, Trainer
+class PreloadedData:
+    """A worker's data: the bundles the caller already loaded (sent once, pickled),
+    else loaded here through the registry like ``DataCache``."""
+
+    def __init__(self, registry: Any, bundles: dict[str, Any]):
+        from genbench.runner import DataCache
+
+        self.cache, self.bundles = DataCache(registry), bundles
+
+    def get(self, config: dict[str, Any]) -> Any:
+        from genbench.population import dataset_key
+
+        key = dataset_key(config, self.cache.registry)
+        return self.bundles[key] if key in self.bundles else self.cache.get(config)
+
+
+def preload(train: Any, jobs: list[Any]) -> dict[str, Any]:
+    """The jobs' datasets, loaded once here (the measure stage needs them anyway) so
+    that workers need not generate them again; bundles that cannot be pickled (an
+    ``augment`` closure) are left for the workers to load."""
+    from genbench.population import dataset_key
+
+    out: dict[str, Any] = {}
+    for job in jobs:
+        key = dataset_key(job.config, train.registry)
+        if key not in out:
+            bundle = train.data.get(job.config)
+            try:
+                pickle.dumps(bundle)
+            except Exception:  # noqa: BLE001
+                continue
+            out[key] = bundle
+    return out
+
+
+def make_trainer(setup: WorkerSetup, device: str, bundles: dict[str, Any] | None = None) -> Any:
+    from genbench.runner import Trainer
 
     registry = worker_registry(setup)
-    return Trainer(registry, DataCache(registry), device, setup.batching)
+    return Trainer(registry, PreloadedData(registry, bundles or {}), device, setup.batching)
 
 
 def pack_results(results: list[Any]) -> bytes:
@@ -170,7 +206,8 @@ def balance(groups: list[list[Any]], workers: int) -> list[list[Any]]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(devices: Any, default_device: str, setup: WorkerSetup) -> None:
+def _init_worker(devices: Any, default_device: str, setup: WorkerSetup,
+                 bundles: dict[str, Any]) -> None:
     import signal
 
     import torch
@@ -178,7 +215,8 @@ def _init_worker(devices: Any, default_device: str, setup: WorkerSetup) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     torch.set_num_threads(setup.threads)
     # Each worker takes one device; a worker the pool restarts reuses the first.
-    _WORKER["trainer"] = make_trainer(setup, default_device if devices.empty() else devices.get())
+    _WORKER["trainer"] = make_trainer(setup, default_device if devices.empty() else devices.get(),
+                                      bundles)
 
 
 def _train_in_worker(item: tuple[int, list[Any]]) -> tuple[int, bytes]:
@@ -225,21 +263,23 @@ class ProcessExecutor(Executor):
         for d in devices:
             device_queue.put(d)
         with ctx.Pool(workers, initializer=_init_worker,
-                      initargs=(device_queue, devices[0], setup)) as pool:
+                      initargs=(device_queue, devices[0], setup, preload(train, jobs))) as pool:
             for index, packed in pool.imap_unordered(_train_in_worker, list(enumerate(groups))):
                 for job, result in zip(groups[index], pickle.loads(packed)):
                     on_done(job, result)
 
 
 # -- Ray ----------------------------------------------------------------------------
-def _ray_train(group: list[Any], device: str, setup: WorkerSetup) -> bytes:
-    """One Ray task: train a group (the worker keeps its trainer and data between tasks)."""
+def _ray_train(group: list[Any], device: str, setup: WorkerSetup,
+               bundles: dict[str, Any]) -> bytes:
+    """One Ray task: train a group (the worker keeps its trainer and data between tasks;
+    ``bundles`` arrive once per worker through Ray's object store)."""
     import torch
 
     torch.set_num_threads(setup.threads)
-    key = (setup, device)
+    key = (setup, device, tuple(sorted(bundles)))
     if _WORKER.get("ray_key") != key:
-        _WORKER["ray_key"], _WORKER["ray_trainer"] = key, make_trainer(setup, device)
+        _WORKER["ray_key"], _WORKER["ray_trainer"] = key, make_trainer(setup, device, bundles)
     return train_packed(_WORKER["ray_trainer"], group)
 
 
@@ -281,8 +321,9 @@ class RayExecutor(Executor):
         task = ray.remote(_ray_train).options(num_cpus=self.params.num_cpus, num_gpus=gpus)
         pending: dict[Any, list[Any]] = {}
         try:
+            bundles = ray.put(preload(train, jobs))
             for group in train.groups(jobs):
-                pending[task.remote(group, device, setup)] = group
+                pending[task.remote(group, device, setup, bundles)] = group
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 import genbench
-from genbench import volume
+from genbench import taps, volume
 from genbench.components import Params, VolumeEstimator
 
 
@@ -115,8 +115,9 @@ class Sampling(VolumeEstimator):
             model, x, y, loss_fn if loss_fn is not None else F.cross_entropy,
             n_samples=p.n_samples, sigma_u=p.sigma_u, lr=p.lr, epochs=p.epochs,
             batch_size=p.batch_size, eps=p.eps, include_bias=p.include_bias, noise=p.noise)
-        need = min(p.subset_size, *(int(v.shape[1]) for v in chain.samples.values())) + 2 \
-            if p.covariance == "subsets" else 2
+        smallest = min(m.weight.numel() + (m.weight.shape[0] if p.include_bias else 0)
+                       for _, m in taps.weight_layers(model))
+        need = min(p.subset_size, smallest) + 2 if p.covariance == "subsets" else 2
         if chain.kept < need:
             raise ValueError(f"sampling kept {chain.kept} of {chain.tried} samples (needs {need}): "
                              "raise n_samples or eps, or lower sigma_u")

@@ -180,12 +180,15 @@ def test_process_executor_trains_stores_and_resumes(tmp_path, registry):
     assert_same_weights(weights(tmp_path / "p"), weights(tmp_path / "l"))
 
 
-def test_process_executor_records_a_failed_model(tmp_path, registry):
-    suite = tiny_suite()
-    specs = expand(suite, registry)
-    trainer = Trainer(registry, DataCache(registry), "cpu")
-    from genbench_plugins.executors import pack_results, train_packed
+def test_worker_results_travel_as_plain_pickles(registry):
+    """What a worker sends back: every model's result or error, even an error that
+    cannot be pickled, or one raised by the whole group."""
     import pickle
+
+    from genbench_plugins.executors import pack_results, train_packed
+
+    specs = expand(tiny_suite(), registry)
+    trainer = Trainer(registry, DataCache(registry), "cpu")
 
     class Unpicklable(Exception):
         def __reduce__(self):
@@ -201,7 +204,8 @@ def test_process_executor_records_a_failed_model(tmp_path, registry):
 
     back = pickle.loads(train_packed(Broken(), specs[:2]))
     assert [type(r) for r in back] == [OSError, OSError]
-    assert len(pickle.loads(train_packed(trainer, specs[:2]))) == 2
+    trained = pickle.loads(train_packed(trainer, specs[:2]))
+    assert [type(r).__name__ for r in trained] == ["TrainResult", "TrainResult"]
 
 
 def test_ray(tmp_path, monkeypatch):

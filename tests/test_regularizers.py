@@ -108,7 +108,7 @@ def test_activation_reverse_noise_has_the_clipped_covariance_it_claims():
     moment = np.linalg.inv(S_INDEFINITE_R)
     a = rows_with_moment(moment, 300_000)
     handler = regularizer("activation_reverse_noise", strength=1.0, damping=0.0, normalize=False,
-                          decay=0.0, max_rows=10**6).bind(None)
+                          decay=0.0, max_rows=10**6, stats_every=1).bind(None)
     torch.manual_seed(1)
     eta = (handler.activation(lone_tap(), a) - a).double().numpy()
     want = clipped(reverse_offdiagonal(torch.tensor(S_INDEFINITE_R)).numpy())
@@ -123,7 +123,7 @@ def test_reverse_noise_strength_mean_damping_and_normalisation():
     moment = 4.0 * (b @ b.T + 0.5 * np.eye(4))
     a = rows_with_moment(moment, 200_000, seed=4)
     handler = regularizer("activation_reverse_noise", strength=0.5, mean=0.3, damping=0.1,
-                          normalize=True, decay=0.0, max_rows=10**6).bind(None)
+                          normalize=True, decay=0.0, max_rows=10**6, stats_every=1).bind(None)
     torch.manual_seed(2)
     eta = (handler.activation(lone_tap(), a) - a).double().numpy()
     # reference written from the definition, in numpy
@@ -143,7 +143,7 @@ def test_node_loss_reverse_noise_perturbs_the_preactivation_gradient():
     moment = np.linalg.inv(S_INDEFINITE_R)
     grads = rows_with_moment(moment, 300_000, seed=5)
     handler = regularizer("node_loss_reverse_noise", strength=2.0, damping=0.0, normalize=False,
-                          decay=0.0, max_rows=10**6).bind(None)
+                          decay=0.0, max_rows=10**6, stats_every=1).bind(None)
     tap = lone_tap()
     tap.handlers = [handler]
     h = torch.zeros_like(grads, requires_grad=True)
@@ -162,22 +162,29 @@ def test_reverse_noise_conv_units_are_channels():
     rows = rows_with_moment(moment, 64 * 25)
     a = rows.reshape(64, 5, 5, 3).permute(0, 3, 1, 2).contiguous()
     handler = regularizer("activation_reverse_noise", strength=1.0, damping=0.0, normalize=False,
-                          decay=0.0, max_rows=10**6).bind(None)
+                          decay=0.0, max_rows=10**6, stats_every=1).bind(None)
     handler.activation(lone_tap(), a)
     np.testing.assert_allclose(handler.stats[0].moment.numpy(), moment, rtol=1e-5, atol=1e-6)
 
 
 def test_reverse_noise_refreshes_every_n_steps_and_tracks_a_running_moment():
-    handler = regularizer("activation_reverse_noise", strength=0.1, refresh_every=5,
+    handler = regularizer("activation_reverse_noise", strength=0.1, refresh_every=5, stats_every=1,
                           decay=0.5).bind(None)
     tap = lone_tap()
     first, second = torch.full((10, 2), 1.0), torch.full((10, 2), 3.0)
     handler.activation(tap, first)
     handler.activation(tap, second)
-    np.testing.assert_allclose(handler.stats[0].moment.numpy(), np.full((2, 2), 0.5 * 1 + 0.5 * 9))
+    np.testing.assert_allclose(handler.stats[0].moment.numpy(), np.full((2, 2), 0.5 * 1 + 0.5 * 9), rtol=1e-6)
     for _ in range(10):
         handler.activation(tap, first)
     assert handler.stats[0].steps == 12 and handler.stats[0].refreshes == 3  # steps 0, 5, 10
+    # moment updates every 3rd step only (steps 0, 3, 6): the refresh waits for one
+    sparse = regularizer("activation_reverse_noise", strength=0.1, refresh_every=4, stats_every=3,
+                         decay=0.5).bind(None)
+    for x in (first, second, second, second, first, first, first):
+        sparse.activation(tap, x)
+    np.testing.assert_allclose(sparse.stats[0].moment.numpy(), np.full((2, 2), 0.25 * 1 + 0.25 * 9 + 0.5 * 1), rtol=1e-6)
+    assert sparse.stats[0].refreshes == 2  # at step 0 and at step 6 (the first update >= 4 later)
 
 
 def test_reverse_noise_is_a_training_perturbation_only():
@@ -303,7 +310,7 @@ def test_every_regularizer_trains_every_family_and_changes_its_weights(family, s
 
 # -- every regularizer x family x volume estimator -----------------------------------------------------
 # tiny random data: the sampling chain must keep its samples (small steps, loose eps)
-ESTIMATOR_PARAMS = {"sampling": {"n_samples": 4, "sigma_u": 0.005, "eps": 10.0, "n_subsets": 16}}
+ESTIMATOR_PARAMS = {"sampling": {"n_samples": 10, "sigma_u": 0.005, "eps": 10.0, "n_subsets": 16}}
 
 
 @pytest.mark.parametrize("estimator", ["laplace", "sampling"])

@@ -497,6 +497,8 @@ def test_volume_report_stores_and_reuses_estimates(tmp_path):
         assert set(m) == {"hparams", "layers", "log_vol_sum", "vol_per_dim_mean", "seconds"}
         assert set(m["layers"]) == {"0.weight", "2.weight"}
         assert all(set(v) == {"log_vol", "dim", "vol_per_dim"} for v in m["layers"].values())
+    with pytest.raises(FileNotFoundError, match="no genbench store"):
+        V.volume_report(tmp_path / "nowhere", "laplace", {})
     again = V.volume_report(store, "laplace", {"damping": 1e-2})  # whole store, no suite
     assert again["models"] == first["models"]
     with Store(store) as st:
