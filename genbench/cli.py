@@ -44,13 +44,17 @@ def fail(lines: str | list[str], code: int = 2) -> None:
 @contextmanager
 def friendly_errors():
     """Turn expected user errors into one-line messages."""
+    from pydantic import ValidationError
+
     from genbench.plugins import PluginError
-    from genbench.suite import SuiteError
+    from genbench.suite import SuiteError, pydantic_problems
 
     try:
         yield
     except SuiteError as exc:
         fail(exc.problems)
+    except ValidationError as exc:
+        fail(pydantic_problems(exc, prefix=f"{exc.title}."))
     except (PluginError, FileNotFoundError, LookupError, ValueError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
@@ -183,6 +187,13 @@ def volume(
                 params[key] = json.loads(value)
             except json.JSONDecodeError:
                 params[key] = value
+        from genbench.plugins import get_registry
+        from genbench.suite import check_component
+
+        problems: list[str] = []
+        check_component(get_registry(), "volume_estimator", estimator, params, "--param", problems)
+        if problems:
+            fail(problems)
         report = volume_report(store, estimator, params, suite=suite,
                                device=resolve_device(device.value))
     if json_path is not None:

@@ -208,7 +208,7 @@ def read_suite_toml(ref: str | Path) -> tuple[dict[str, Any], str]:
     return data, str(path)
 
 
-def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
@@ -222,7 +222,7 @@ def _pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
-def _check_component(registry: Any, kind: str, name: str, params: dict[str, Any],
+def check_component(registry: Any, kind: str, name: str, params: dict[str, Any],
                      path: str, problems: list[str]) -> Any:
     from genbench.plugins import PluginError
 
@@ -234,7 +234,7 @@ def _check_component(registry: Any, kind: str, name: str, params: dict[str, Any]
     try:
         return entry.cls.Params(**params)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, prefix=f"{path}.params."
+        problems.extend(pydantic_problems(exc, prefix=f"{path}.params."
                                            if kind in ("dataset", "model") else f"{path}."))
         return None
 
@@ -250,7 +250,7 @@ def validate(data: dict[str, Any], registry: Any | None = None) -> Suite:
         suite = Suite(**data)
     except ValidationError as exc:
         # Keep going without the broken sections, so component problems are reported too.
-        problems = _pydantic_problems(exc)
+        problems = pydantic_problems(exc)
         broken = {err["loc"][0] for err in exc.errors() if err["loc"]}
         try:
             suite = Suite(**{k: v for k, v in data.items() if k not in broken})
@@ -276,29 +276,29 @@ def validate(data: dict[str, Any], registry: Any | None = None) -> Suite:
     reported: set[str] = set()
     for where, cfg in variants:
         local: list[str] = []
-        _check_component(registry, "dataset", cfg["dataset"]["name"], cfg["dataset"]["params"],
+        check_component(registry, "dataset", cfg["dataset"]["name"], cfg["dataset"]["params"],
                          "dataset", local)
-        _check_component(registry, "model", cfg["model"]["name"], cfg["model"]["params"],
+        check_component(registry, "model", cfg["model"]["name"], cfg["model"]["params"],
                          "model", local)
         try:
             TrainRecipe(**cfg["train"])
         except ValidationError as exc:
-            local.extend(_pydantic_problems(exc, prefix="train."))
+            local.extend(pydantic_problems(exc, prefix="train."))
         for name, params in cfg["regularizers"].items():
-            _check_component(registry, "regularizer", name, params, f"regularizers.{name}", local)
+            check_component(registry, "regularizer", name, params, f"regularizers.{name}", local)
         for name, params in cfg["measures"].items():
-            _check_component(registry, "measure", name, params, f"measures.{name}", local)
+            check_component(registry, "measure", name, params, f"measures.{name}", local)
         tv = cfg["train"].get("track_volume")
         if isinstance(tv, dict) and isinstance(tv.get("estimator"), str):
-            _check_component(registry, "volume_estimator", tv["estimator"], tv.get("params", {}),
+            check_component(registry, "volume_estimator", tv["estimator"], tv.get("params", {}),
                              "train.track_volume", local)
         for name, params in cfg["volume"].items():
-            _check_component(registry, "volume_estimator", name, params, f"volume.{name}", local)
+            check_component(registry, "volume_estimator", name, params, f"volume.{name}", local)
         for line in local:
             if line not in reported:  # report each problem once, with the grid value causing it
                 reported.add(line)
                 problems.append(f"{line} (with {where})" if where else line)
-    _check_component(registry, "executor", suite.executor.name, suite.executor.params,
+    check_component(registry, "executor", suite.executor.name, suite.executor.params,
                      "executor", problems)
 
     hps = suite.hyperparameters()

@@ -70,3 +70,28 @@ def test_plugins_json_shows_broken_plugin(tmp_path, monkeypatch):
     res = runner.invoke(app, ["validate", "default"])  # the CLI keeps working
     assert res.exit_code == 0
     sys.modules.pop("broken_plugin", None)
+
+
+def test_volume_command_on_a_stored_suite(tmp_path):
+    suite = write_suite(tmp_path, TINY_SUITE)
+    store = tmp_path / "store"
+    res = runner.invoke(app, ["volume", "--store", str(store), "--suite", str(suite),
+                              "--device", "cpu", "--json", str(tmp_path / "v.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["estimator"] == "laplace" and len(report["models"]) == 4
+    for m in report["models"].values():
+        assert 0 < m["vol_per_dim_mean"] <= 1 and m["log_vol_sum"] <= 0
+        assert set(m["layers"]) == {"0.weight", "2.weight"} or len(m["layers"]) == 2
+    res = runner.invoke(app, ["volume", "--store", str(store), "--param", "damping=0.01", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["volume", "--store", str(store), "--param", "dampingg=0.01"])
+    assert res.exit_code == 2 and "dampingg" in res.stderr
+
+
+def test_suites_command_lists_registry():
+    res = runner.invoke(app, ["suites", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["default"]["models"] == 24
+    assert {"dropout-rates", "noise", "controls", "vgg-cifar10"} <= set(rows)
