@@ -452,24 +452,33 @@ class GroupTrainer:
             self.opt = StackedSGD(self.params, [r.momentum for r in recipes], wds)
 
     # -- pieces ---------------------------------------------------------------------
-    def draw_noise(self, active: list[int], batch: int) -> Noise | None:
-        """Each model's masks from its own stream, in the sequential path's order
-        (per model: tap 0 then tap 1 ...; streams are independent across models)."""
-        if not self.noisy_taps:
-            return None
+    def noise_plan(self, active: list[int]) -> list[tuple[Any, ...]]:
+        """Per noisy tap: (tap, per-sample shape, [(row, rate, stream)] of the models that
+        draw, 1 - rate per row as a broadcastable tensor); fixed while the stack is."""
+        plan = []
         dtype = self.params[0].dtype
-        out: Noise = {}
         for index, shape in self.noisy_taps.items():
             rates = [self.members[j].rates[index] for j in active]
             if not any(rates):
                 continue
-            keep = torch.ones((len(active), batch, *shape), dtype=dtype, device=self.device)
-            for k, j in enumerate(active):
-                if rates[k] > 0:
-                    keep[k].bernoulli_(1.0 - rates[k], generator=self.members[j].noise)
+            drawers = [(k, q, self.members[j].noise) for k, (j, q) in enumerate(zip(active, rates))
+                       if q > 0]
             div = torch.tensor([1.0 - q for q in rates], dtype=dtype, device=self.device)
-            out[index] = (keep, div.view(-1, *([1] * (len(shape) + 1))))
-        return out or None
+            plan.append((index, shape, drawers, div.view(-1, *([1] * (len(shape) + 1)))))
+        return plan
+
+    def draw_noise(self, plan: list, n_rows: int, batch: int) -> Noise | None:
+        """Each model's masks from its own stream, in the sequential path's order
+        (per model: tap 0 then tap 1 ...; streams are independent across models)."""
+        if not plan:
+            return None
+        out: Noise = {}
+        for index, shape, drawers, div in plan:
+            keep = torch.ones((n_rows, batch, *shape), dtype=div.dtype, device=self.device)
+            for k, q, stream in drawers:
+                keep[k].bernoulli_(1.0 - q, generator=stream)
+            out[index] = (keep, div)
+        return out
 
     @torch.no_grad()
     def evaluate(self) -> tuple[list[float], list[float]]:
@@ -510,6 +519,7 @@ class GroupTrainer:
             self.opt.set_lr(lrs, self.params)
             perms = torch.stack([torch.randperm(n, generator=members[j].order)
                                  for j in active]).to(dev)
+            plan = self.noise_plan(active)
             bad = torch.zeros(len(active), dtype=torch.bool, device=dev)
             first_bad = torch.zeros(len(active), device=dev)
             for i in range(0, n, batch):
@@ -519,8 +529,8 @@ class GroupTrainer:
                     x = torch.stack([data.augment(x[k], members[j].order)
                                      for k, j in enumerate(active)])
                 y = data.train_y[idx]
-                logits = self.backend.forward(self.params, x, self.draw_noise(active, idx.shape[1]),
-                                              stacked=True)
+                noise = self.draw_noise(plan, len(active), idx.shape[1])
+                logits = self.backend.forward(self.params, x, noise, stacked=True)
                 losses = stacked_cross_entropy(logits, y).mean(1)
                 # train_one stops a model at its first non-finite loss; find it without a sync.
                 now_bad = ~torch.isfinite(losses.detach())
