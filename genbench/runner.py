@@ -16,6 +16,7 @@ from genbench.plugins import Registry, get_registry
 from genbench.population import ModelSpec, content_key, dataset_key, expand
 from genbench.store import Store
 from genbench.suite import Suite, load_suite, short_names
+from genbench.threads import sensible_threads, torch_threads
 
 # progress(stage, total) -> advance(description); the CLI draws bars, the library stays quiet.
 Progress = Callable[[str, int], Callable[[str], None]]
@@ -180,8 +181,6 @@ def _describe(spec: ModelSpec) -> str:
 def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, registry: Registry,
                        device: str, progress: Progress, data: DataCache | None = None) -> dict[str, int]:
     """Compute every (model, measure) value the store lacks; store each as soon as it exists."""
-    from genbench.context import MeasureContext
-
     data = data or DataCache(registry)
     measures = measure_entries(suite, registry)
     done = {m["key"]: m for m in store.models() if m["status"] == "done"}
@@ -200,6 +199,16 @@ def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, regis
         return counts
     advance = progress("measure", total)
     settings = {"volume": suite.volume, "measures": suite.measures}
+    with torch_threads(sensible_threads()):
+        _measure_work(work, store, registry, device, data, settings, advance, counts)
+    return counts
+
+
+def _measure_work(work: list, store: Store, registry: Registry, device: str, data: DataCache,
+                  settings: dict[str, Any], advance: Callable[[str], None],
+                  counts: dict[str, int]) -> None:
+    from genbench.context import MeasureContext
+
     for spec, missing in work:
         init, final = store.load_weights(spec.key)
         ctx = MeasureContext(key=spec.key, hparams=spec.hparams, config=spec.config,
@@ -220,7 +229,6 @@ def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, regis
             counts["computed"] += 1
             counts["reused"] -= 1
             advance(entry.cls.name)
-    return counts
 
 
 def collect(store: Store, suite: Suite, specs_keys: list[str], registry: Registry | None = None,

@@ -20,7 +20,6 @@ import contextlib
 import importlib
 import os
 import pickle
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,49 +27,7 @@ from pydantic import Field
 
 import genbench
 from genbench.components import Executor, Params
-
-
-# -- threads ------------------------------------------------------------------------
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, which containers narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def sensible_threads(cores: int | None = None) -> int:
-    """Torch threads for one process: the usable cores other processes leave idle.
-
-    OpenMP parallel regions wait for every thread, so when other processes keep the
-    cores busy a thread that is descheduled stalls the rest; on this project's shared
-    2-core machine two threads trained a small MLP 20-30x slower than one (see
-    docs/performance-training.md). The 1-minute load average, less this process,
-    estimates the busy cores. ``OMP_NUM_THREADS`` set by the user wins.
-    """
-    import torch
-
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    cores = cores or usable_cores()
-    try:
-        others = max(0.0, os.getloadavg()[0] - 1.0)
-    except OSError:  # pragma: no cover
-        others = 0.0
-    return max(1, min(cores, int(cores - others + 0.5)))
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Set torch's intra-op thread count for a block, then restore it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from genbench.threads import sensible_threads, torch_threads, usable_cores
 
 
 class LocalExecutor(Executor):

@@ -136,7 +136,7 @@ def test_local_executor_sets_and_restores_threads():
 
 
 def test_sensible_threads_leaves_busy_cores_alone(monkeypatch):
-    from genbench_plugins import executors
+    from genbench import threads as executors
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # only this process
