@@ -198,6 +198,19 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 
 # -- the sigma search ------------------------------------------------------------------
 
+def bisect(passes: Callable[[float], bool], lo: float, hi: float, depth: int) -> tuple[float, float]:
+    """Narrow [lo, hi] ``depth`` times towards the largest value that ``passes`` (monotone)."""
+    for _ in range(depth):
+        if lo >= hi:
+            break
+        mid = 0.5 * (lo + hi)
+        if passes(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
+
+
 def sigma_search(ev: PerturbedLoss, *, eps: float, criterion: str = "loss", lower: float = 0.0,
                  upper: float = 2.0, depth: int = 15, draws: int = 10, envelope: int = 3,
                  seed: int = 0) -> dict[str, Any]:
@@ -226,14 +239,7 @@ def sigma_search(ev: PerturbedLoss, *, eps: float, criterion: str = "loss", lowe
     if passes(upper):
         lo = upper
     for _round in range(4):
-        for _ in range(depth):
-            if lo >= hi:
-                break
-            mid = 0.5 * (lo + hi)
-            if passes(mid):
-                lo = mid
-            else:
-                hi = mid
+        lo, hi = bisect(passes, lo, hi, depth)
         # The max over sigma' <= sigma: check a few smaller sigmas the bisection skipped.
         failed = [s for s in (lo * j / (envelope + 1) for j in range(1, envelope + 1))
                   if s > lower and not passes(s)]
@@ -299,14 +305,7 @@ def alpha_search(ev: PerturbedLoss, *, eps: float, criterion: str = "loss", lowe
     lo, hi = lower, upper
     if passes(upper):
         lo = upper
-    for _ in range(depth):
-        if lo >= hi:
-            break
-        mid = 0.5 * (lo + hi)
-        if passes(mid):
-            lo = mid
-        else:
-            hi = mid
+    lo, hi = bisect(passes, lo, hi, depth)
     return {"alpha": lo, "bracket": [lo, hi], "eps": eps, "criterion": criterion,
             "reference": ref, "probes": probes, "evaluations": ev.evaluations}
 
