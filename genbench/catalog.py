@@ -33,8 +33,8 @@ COST = {
     "k_conv": 4.5e-10,       # s per convolution multiply-accumulate in a training pass
     "eval_fraction": 1 / 3,  # an evaluation (forward) pass relative to a training pass
     "laplace_mac": 1.4e-10,  # s per MAC x sample x (classes + 2) of one Laplace estimate
-    "laplace_eig": 8e-10,    # s per dim^3 of the factor decompositions (float64 eigh of a
-                             # 512x512 matrix: 0.11 s; too small to fit from the cases)
+    "laplace_eig": 5e-11,    # s per dim^3 of the factor decompositions: a float64 Cholesky
+                             # (dim^3 / 3 flops) at ~7 GFLOP/s; the fit cannot identify it (0)
     "laplace_call": 0.18,    # s fixed per Laplace estimate
 }
 
