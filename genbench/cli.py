@@ -233,10 +233,18 @@ def suites(json_out: Annotated[bool, typer.Option("--json", help="print as JSON"
         table.add_column(col)
     for r in rows:
         est = r.get("est_seconds")
-        est_text = "-" if est is None else (f"{est / 60:.0f} min" if est >= 120 else f"{est:.0f} s")
+        est_text = "-" if est is None else human_duration(est)
         table.add_row(r["name"], str(r["models"]), str(r.get("dataset", "")), est_text,
                       r.get("description", ""))
     console.print(table)
+
+
+def human_duration(seconds: float) -> str:
+    """3 s, 4 min, 5.2 h, 3.1 days, 7.0 years."""
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _cols(text: str | None) -> list[str] | None:

@@ -126,6 +126,8 @@ class Suite(Strict):
         """Cross product of the grid, then the explicit extra points (deduplicated)."""
         keys = list(self.grid)
         out = [dict(zip(keys, combo)) for combo in itertools.product(*self.grid.values())]
+        if not keys and self.points:
+            out = []  # the empty grid's one empty point is not a model when points are listed
         for p in self.points:
             if p not in out:
                 out.append(dict(p))

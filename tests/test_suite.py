@@ -106,3 +106,10 @@ def test_apply_point_and_short_names():
     assert base["model"]["params"] == {}  # the base is not mutated
     assert short_names(["model.depth", "train.lr", "regularizers.dropout.rate"]) == {
         "model.depth": "depth", "train.lr": "lr", "regularizers.dropout.rate": "dropout.rate"}
+
+
+def test_points_without_a_grid_add_no_empty_point(tmp_path):
+    text = TINY_SUITE.split("[grid]")[0] + TINY_SUITE.split('"model.width" = [8, 16]')[1]
+    text += '\n[[points]]\n"model.width" = 4\n\n[[points]]\n"model.width" = 6\n'
+    specs = expand(load_suite(write_suite(tmp_path, text)), get_registry())
+    assert [s.hparams for s in specs] == [{"model.width": 4}, {"model.width": 6}]
