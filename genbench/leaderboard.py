@@ -153,7 +153,9 @@ def rich_table(board: dict, sort_by: str | None = None, title: str | None = None
     table.add_column("n", justify="right")
     for _, header, _, better in cols:
         label = header + (" ↓" if better == "low" else "")
-        table.add_column(label, justify="right", no_wrap=False, min_width=6)  # "-0.333" stays whole
+        # "-0.333" stays whole; MI-with-hyperparameter headers keep their name readable
+        width = min(len(label), 14) if label.startswith("MI ") else 6
+        table.add_column(label, justify="right", no_wrap=False, min_width=width)
     best = {path: _best(entries, path, better) for _, _, path, better in cols}
     for name, e in ordered:
         cells = [name, str(e.get("n_models", ""))]

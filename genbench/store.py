@@ -164,7 +164,8 @@ class Store:
     def start_run(self, suite_name: str, suite_json: dict, model_keys: list[str]) -> int:
         cur = self.db.execute(
             "INSERT INTO runs (suite, suite_json, model_keys, created) VALUES (?,?,?,?)",
-            (suite_name, _dumps(suite_json), _dumps(model_keys), time.time()))
+            (suite_name, json.dumps(suite_json, default=str),  # key order = the suite's order
+             _dumps(model_keys), time.time()))
         self.db.commit()
         return int(cur.lastrowid)
 
