@@ -88,6 +88,8 @@ def group_key(spec: Any, registry: Registry) -> str | None:
     for name, raw in spec.config["regularizers"].items():
         cls = registry.get("regularizer", name).cls
         reg = cls(cls.Params(**raw))
+        if not reg.active():
+            continue
         if set(reg.optimizer_overrides()) - OPTIMIZER_OVERRIDES:
             return None
         if name not in NOISE_RATES and type(reg).bind is not Regularizer.bind:
@@ -361,9 +363,9 @@ def build_member(spec: Any, data: DataBundle, registry: Registry, device: torch.
     extra = set(built.optimizer_overrides) - OPTIMIZER_OVERRIDES
     if extra:
         raise NotBatchable(f"optimizer overrides {sorted(extra)} are not stackable")
-    noisy = [r for r in built.regularizers if r.name in NOISE_RATES]
-    other = [r.name for r in built.regularizers
-             if r.name not in NOISE_RATES and type(r).bind is not Regularizer.bind]
+    noisy = [r for r in built.regularizers if r.name in NOISE_RATES and r.active()]
+    other = [r.name for r in built.regularizers if r.active()
+             and r.name not in NOISE_RATES and type(r).bind is not Regularizer.bind]
     if other or len(noisy) > 1:
         raise NotBatchable(f"regularizers {other or [r.name for r in noisy]} cannot be stacked")
     rates = []

@@ -80,6 +80,11 @@ class Regularizer(Component):
     def bind(self, model: nn.Module) -> Any:
         return None
 
+    def active(self) -> bool:
+        """False when these params make the regularizer a no-op (rate 0, strength 0):
+        the training engines then treat it as absent (e.g. it does not stop batching)."""
+        return True
+
     def optimizer_overrides(self) -> dict[str, Any]:
         """Keyword overrides for the optimizer (e.g. ``weight_decay``)."""
         return {}

@@ -65,11 +65,15 @@ class Dropout(Regularizer):
                 raise ValueError("every rate must be in [0, 1)")
             return v
 
+    def _rates(self) -> list[float] | float:
+        return self.params.rates if self.params.rates is not None else self.params.rate
+
+    def active(self):
+        rates = self._rates()
+        return any(rates) if isinstance(rates, list) else rates > 0
+
     def bind(self, model):
-        rates = self.params.rates if self.params.rates is not None else self.params.rate
-        if (isinstance(rates, list) and not any(rates)) or rates == 0:
-            return None
-        return DropoutHandler(rates)
+        return DropoutHandler(self._rates()) if self.active() else None
 
 
 # -- reverse noise (Algorithm 2) ---------------------------------------------------
@@ -224,8 +228,11 @@ class ActivationReverseNoise(Regularizer):
     version = "1"
     Params = _ReverseNoiseParams
 
+    def active(self):
+        return self.params.strength > 0
+
     def bind(self, model):
-        return ActivationReverseNoiseHandler(self.params) if self.params.strength > 0 else None
+        return ActivationReverseNoiseHandler(self.params) if self.active() else None
 
 
 class NodeLossReverseNoise(Regularizer):
@@ -235,8 +242,11 @@ class NodeLossReverseNoise(Regularizer):
     version = "1"
     Params = _ReverseNoiseParams
 
+    def active(self):
+        return self.params.strength > 0
+
     def bind(self, model):
-        return NodeLossReverseNoiseHandler(self.params) if self.params.strength > 0 else None
+        return NodeLossReverseNoiseHandler(self.params) if self.active() else None
 
 
 # -- weight noise ---------------------------------------------------------------------
@@ -277,8 +287,11 @@ class WeightNoise(Regularizer):
         every: int = Field(1, ge=1, description="inject every N optimizer steps")
         include_bias: bool = Field(False, description="perturb the biases too")
 
+    def active(self):
+        return self.params.std > 0
+
     def bind(self, model):
-        if self.params.std <= 0:
+        if not self.active():
             return None
         return WeightNoiseHandler(self.params.std, self.params.every, self.params.include_bias)
 

@@ -254,13 +254,18 @@ def test_groups_split_by_architecture_batch_size_and_optimizer(registry):
 
 
 def test_unstackable_regularizers_and_volume_tracking_train_alone(registry):
-    specs = expand(suite(regularizers={"weight_noise": {}} if "weight_noise" in
-                         registry.names("regularizer") else {}, seeds=(0, 1)), registry)
+    noisy = expand(suite(regularizers={"weight_noise": {"std": 0.01}}, seeds=(0, 1)), registry)
+    switched_off = expand(suite(regularizers={"weight_noise": {"std": 0.0}}, seeds=(0, 1)), registry)
     tracked = expand(suite(train={"track_volume": {"estimator": "laplace"}}, seeds=(0, 1)), registry)
     trainer = Trainer(registry, DataCache(registry), "cpu")
     assert [len(g) for g in trainer.groups(tracked)] == [1, 1]
-    if "weight_noise" in registry.names("regularizer"):
-        assert [len(g) for g in trainer.groups(specs)] == [1, 1]
+    assert [len(g) for g in trainer.groups(noisy)] == [1, 1]
+    assert [len(g) for g in trainer.groups(switched_off)] == [2]  # a no-op regularizer is absent
+    got = trainer.train_group(switched_off)
+    for a, b in zip(sequential(switched_off, registry), got):
+        assert not isinstance(b, Exception)
+        for k in a.final_state:
+            assert torch.allclose(a.final_state[k], b.final_state[k], atol=1e-5)
 
 
 def test_group_that_cannot_stack_falls_back_quietly(registry, caplog):

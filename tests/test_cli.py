@@ -45,7 +45,8 @@ def test_run_then_leaderboard_from_store(tmp_path):
     assert "frobenius_distance" in (tmp_path / "board.md").read_text()
     res = runner.invoke(app, ["leaderboard", "--store", str(store), "--json"])
     assert res.exit_code == 0
-    assert json.loads(res.stdout)["leaderboard"] == result["leaderboard"]
+    board = json.loads(res.stdout)["leaderboard"]
+    assert board == result["leaderboard"] and list(board) == list(result["leaderboard"])
     res = runner.invoke(app, ["run", str(suite), "--store", str(store), "--device", "cpu"])
     assert "0 trained, 4 reused" in res.stderr and "0 computed" in res.stderr
 
