@@ -190,7 +190,7 @@ def run_stages(suite: Suite, registry, store_dir: Path, batching: bool, executor
         _, out["measures_wall"], out["measures_cpu"] = timed(
             measure_population, specs, suite, st, registry, "cpu", quiet, data)
         rows, out["score_wall"], out["score_cpu"] = timed(
-            lambda: (lambda r: (r, score_rows(r, suite)))(collect(st, suite, [s.key for s in specs])))
+            lambda: (lambda r: (r, score_rows(r, suite)))(collect(st, suite, [s.key for s in specs], registry)))
     out["total_wall"] = sum(v for k, v in out.items() if k.endswith("_wall"))
     out["total_cpu"] = sum(v for k, v in out.items() if k.endswith("_cpu") and k != "total_wall")
     return out

@@ -281,8 +281,8 @@ def score(
         board = score_population(pop.measures, pop.gaps, pop.hparams,
                                  condition_on=_cols(condition_on) or [], against=_cols(against) or [],
                                  preset=preset, max_omega=max_omega, bootstrap=bootstrap, seed=seed)
-    except (TableError, ValueError) as exc:
-        fail(str(exc))
+    except (TableError, ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if json_path is not None:
         json_path.write_text(json.dumps(board, indent=2) + "\n")
     from genbench.leaderboard import rich_table, to_markdown

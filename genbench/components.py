@@ -24,9 +24,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Params(BaseModel):
-    """Base for every component's parameters: unknown keys are errors, not ignored."""
+    """Base for every component's parameters: unknown keys are errors, not ignored.
+
+    ``EXECUTION_ONLY`` names fields of a measure's or volume estimator's params that
+    change how a result is computed but not the result (e.g. batching of evaluations);
+    they are left out of the keys of stored measure values and shared quantities.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+    def identity(self) -> dict[str, Any]:
+        """The params as they enter content keys: every field (defaults filled in),
+        except the execution-only ones."""
+        return self.model_dump(mode="json", exclude=set(self.EXECUTION_ONLY))
 
 
 class Component:

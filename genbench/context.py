@@ -7,6 +7,7 @@ they exist, and reused by every measure and every later run that asks for them.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -22,6 +23,12 @@ from genbench.plugins import Registry
 from genbench.population import content_key
 from genbench.store import Store
 from genbench.training import evaluate, load_trained
+
+
+def result_key(model_key: str, kind: str, name: str, version: str, params: dict[str, Any]) -> str:
+    """The store key of a shared quantity (or volume) of one model."""
+    return content_key({"model": model_key, "kind": kind, "name": name, "version": version,
+                        "params": params})
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -97,21 +104,26 @@ class MeasureContext:
         PAC-Sharpness and the PAC-S measures sharing sigma) call this with the same
         name and params.
         """
-        rkey = content_key({"model": self.key, "kind": kind, "name": name,
-                            "version": version, "params": params})
-        if rkey in self._memo:
-            return self._memo[rkey]
-        stored = self.store.result(rkey) if self.store is not None else None
-        if stored is not None and stored["error"] is None:
-            value = stored["data"]
-        else:
-            t0 = time.perf_counter()
-            value = compute()
-            if self.store is not None:
-                self.store.put_result(rkey, self.key, kind, name, params,
-                                      provenance or {"name": name, "version": version},
-                                      data=value, seconds=time.perf_counter() - t0)
-        self._memo[rkey] = value
+        rkey = result_key(self.key, kind, name, version, params)
+        if rkey not in self._memo:
+            stored = self.store.result(rkey) if self.store is not None else None
+            if stored is not None:
+                self._memo[rkey] = stored["data"]
+            else:
+                t0 = time.perf_counter()
+                try:
+                    value = json.loads(json.dumps(compute()))  # what a later run will read back
+                except Exception as exc:  # noqa: BLE001 - remembered: every measure sharing it fails alike
+                    self._memo[rkey] = exc
+                    raise
+                if self.store is not None:
+                    self.store.put_result(rkey, self.key, kind, name, params,
+                                          provenance or {"name": name, "version": version},
+                                          data=value, seconds=time.perf_counter() - t0)
+                self._memo[rkey] = value
+        value = self._memo[rkey]
+        if isinstance(value, Exception):
+            raise value
         return value
 
     def volume(self, estimator: str) -> dict[str, Any]:
@@ -128,7 +140,7 @@ class MeasureContext:
                 return est.estimate(self.build(), self.data, loss_fn=self.loss_fn,
                                     device=self.device)
 
-        return self.memo(estimator, params.model_dump(mode="json"), compute,
+        return self.memo(estimator, params.identity(), compute,
                          version=str(entry.cls.version), kind="volume",
                          provenance=entry.provenance)
 
@@ -140,7 +152,7 @@ class MeasureContext:
         from genbench import sharpness
 
         p = sharpness.resolve(sharpness.SigmaParams(**params), self.data.n_classes)
-        return self.memo("sigma", p.model_dump(mode="json"), lambda: sharpness.sigma_for(self, p),
+        return self.memo("sigma", p.identity(), lambda: sharpness.sigma_for(self, p),
                          version=sharpness.SIGMA_VERSION)
 
     def alpha(self, **params: Any) -> dict[str, Any]:
@@ -150,7 +162,7 @@ class MeasureContext:
         from genbench import sharpness
 
         p = sharpness.resolve(sharpness.AlphaParams(**params), self.data.n_classes)
-        return self.memo("alpha", p.model_dump(mode="json"), lambda: sharpness.alpha_for(self, p),
+        return self.memo("alpha", p.identity(), lambda: sharpness.alpha_for(self, p),
                          version=sharpness.ALPHA_VERSION)
 
     def measure_params(self, measure: str) -> dict[str, Any]:

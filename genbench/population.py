@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genbench.plugins import Registry
-from genbench.suite import Scalar, Suite, TrainRecipe, apply_point
+from genbench.suite import Scalar, Suite, SuiteError, TrainRecipe, apply_point
 
-TRAINER_VERSION = "1"  # bump when the training loop changes results
+TRAINER_VERSION = "2"  # bump when the training loop changes results
 
 
 def canonical_json(obj: Any) -> str:
@@ -52,6 +52,11 @@ def resolve(registry: Registry, cfg: dict[str, Any]) -> tuple[dict[str, Any], li
         out[section] = {"name": entry.cls.name, "params": params}
         prov.append(entry.provenance)
     out["train"] = TrainRecipe(**cfg["train"]).model_dump(mode="json")
+    tracked = out["train"].get("track_volume")
+    if tracked is not None:  # the volume history depends on the estimator's version and params
+        entry = registry.get("volume_estimator", tracked["estimator"])
+        tracked["params"] = entry.cls.Params(**tracked["params"]).model_dump(mode="json")
+        prov.append(entry.provenance)
     out["regularizers"] = {}
     for name in sorted(cfg["regularizers"]):
         entry = registry.get("regularizer", name)
@@ -76,4 +81,10 @@ def expand(suite: Suite, registry: Registry) -> list[ModelSpec]:
                         "components": [(p["kind"], p["name"], p["version"]) for p in prov]}
             specs.append(ModelSpec(key=content_key(identity), hparams=dict(point), seed=seed,
                                    config=cfg, provenance=prov))
+    seen: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        if spec.key in seen:
+            raise SuiteError([f"grid: {spec.hparams} and {seen[spec.key]} describe the same model "
+                              "(equal values such as 1 and 1.0); list each value once"])
+        seen[spec.key] = spec.hparams
     return specs

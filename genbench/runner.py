@@ -130,13 +130,32 @@ def measure_entries(suite: Suite, registry: Registry) -> list[tuple[Any, Any, di
     for name, raw in suite.measures.items():
         entry = registry.get("measure", name)
         params = entry.cls.Params(**raw)
-        # A measure's stored value depends on its params and on the settings of what it needs.
-        needs = {n: suite.volume.get(n.split(":", 1)[1], {})
-                 for n in entry.cls.needs if n.startswith("volume:")}
         material = {"kind": "measure", "name": name, "version": str(entry.cls.version),
-                    "params": params.model_dump(mode="json"), "needs": needs}
+                    "params": params.identity(), "needs": needs_identity(entry.cls.needs, suite,
+                                                                       registry)}
         out.append((entry, entry.cls(params), material))
     return out
+
+
+def needs_identity(needs: tuple[str, ...], suite: Suite, registry: Registry) -> dict[str, Any]:
+    """What a measure's value depends on beyond its own params: the version and resolved
+    params of each volume estimator it reads, the versions of the searches it uses."""
+    from genbench import sharpness
+
+    out: dict[str, Any] = {}
+    for need in needs:
+        if need.startswith("volume:"):
+            est = registry.get("volume_estimator", need.split(":", 1)[1]).cls
+            out[need] = {"version": str(est.version),
+                         "params": est.Params(**suite.volume.get(est.name, {})).identity()}
+        elif need in ("sigma", "alpha"):
+            out[need] = {"sigma": sharpness.SIGMA_VERSION, "alpha": sharpness.ALPHA_VERSION}[need]
+    return out
+
+
+def measure_key(model_key: str, material: dict[str, Any]) -> str:
+    """The store key of one measure value of one model."""
+    return content_key({"model": model_key, **material})
 
 
 def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registry: Registry,
@@ -148,15 +167,18 @@ def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registr
     ``executor_params`` override the executor's params (e.g. ``{"address": "auto"}``
     for ``ray``); with ``executor`` given, the suite's own executor params are ignored.
     """
+    ref = suite.executor if executor is None else type(suite.executor)(name=executor)
+    entry = registry.get("executor", ref.name)  # a misspelled executor fails even with nothing to do
+    params = {**(ref.params if executor is None else {}), **(executor_params or {})}
+    runner = entry.cls(entry.cls.Params(**params))
     stored = {m["key"] for m in store.models()}
     todo = [s for s in specs if s.key not in stored]
     counts = {"trained": 0, "failed": 0}
     if not todo:
         return counts
-    ref = suite.executor if executor is None else type(suite.executor)(name=executor)
-    entry = registry.get("executor", ref.name)
-    params = {**(ref.params if executor is None else {}), **(executor_params or {})}
-    runner = entry.cls(entry.cls.Params(**params))
+    data = data or DataCache(registry)
+    for spec in todo:  # a missing dataset is the user's error to fix, not a failed model
+        data.get(spec.config)
     advance = progress("train", len(todo))
 
     def on_done(spec: ModelSpec, result: Any) -> None:
@@ -169,7 +191,7 @@ def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registr
             counts["trained"] += 1
         advance(_describe(spec))
 
-    runner.run(todo, Trainer(registry, data or DataCache(registry), device, batching), on_done)
+    runner.run(todo, Trainer(registry, data, device, batching), on_done)
     return counts
 
 
@@ -188,8 +210,7 @@ def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, regis
     for spec in specs:
         if spec.key not in done:
             continue
-        missing = [(e, inst, content_key({"model": spec.key, **mat}), mat)
-                   for e, inst, mat in measures]
+        missing = [(e, inst, measure_key(spec.key, mat), mat) for e, inst, mat in measures]
         missing = [m for m in missing if store.result(m[2]) is None]
         if missing:
             work.append((spec, missing))
@@ -231,14 +252,13 @@ def _measure_work(work: list, store: Store, registry: Registry, device: str, dat
             advance(entry.cls.name)
 
 
-def collect(store: Store, suite: Suite, specs_keys: list[str], registry: Registry | None = None,
+def collect(store: Store, suite: Suite, specs_keys: list[str], registry: Registry,
             ) -> list[dict[str, Any]]:
-    """One row per trained model of the suite: hparams, metrics and measure values (from the store)."""
-    names = list(suite.measures)
-    by_model: dict[str, dict[str, float | None]] = {}
-    for r in store.results(kind="measure", model_keys=specs_keys):
-        if r["name"] in names:
-            by_model.setdefault(r["model_key"], {})[r["name"]] = r["value"]
+    """One row per trained model of the suite: hparams, metrics and the values of exactly
+    the suite's measures (looked up by content key, so a value another suite stored
+    under other params is never shown)."""
+    measures = [(e.cls.name, mat) for e, _, mat in measure_entries(suite, registry)]
+    stored = {r["key"]: r["value"] for r in store.results(kind="measure", model_keys=specs_keys)}
     rows = []
     for m in store.models(specs_keys):
         if m["status"] != "done":
@@ -248,7 +268,7 @@ def collect(store: Store, suite: Suite, specs_keys: list[str], registry: Registr
                      "train_loss": met["train_loss"], "test_loss": met["test_loss"],
                      "train_acc": met["train_acc"], "test_acc": met["test_acc"],
                      "gap": met["gap"], "acc_gap": met["acc_gap"], "epochs": met["epochs"],
-                     "measures": {n: by_model.get(m["key"], {}).get(n) for n in names}})
+                     "measures": {n: stored.get(measure_key(m["key"], mat)) for n, mat in measures}})
     return rows
 
 
@@ -290,7 +310,7 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
         trained = train_population(specs, suite, st, registry, device, progress, executor, data,
                                    batching, executor_params)
         measured = measure_population(specs, suite, st, registry, device, progress, data)
-        rows = collect(st, suite, keys)
+        rows = collect(st, suite, keys, registry)
         board = score_rows(rows, suite) if len(rows) >= 3 else None
         failed = sum(1 for m in st.models(keys) if m["status"] == "failed")
         summary = {"models": len(specs), "trained": trained["trained"],
@@ -342,7 +362,7 @@ def leaderboard(store: str | Path = DEFAULT_STORE, suite: str | None = None,
         if last is None:
             raise LookupError(f"--store {store}: no run{' of ' + suite if suite else ''} recorded")
         s = Suite(**last["suite_json"])
-        rows = collect(st, s, last["model_keys"])
+        rows = collect(st, s, last["model_keys"], registry)
         board = score_rows(rows, s, preset=preset) if len(rows) >= 3 else None
         return build_result(s, str(st.root), last["summary"] or {}, rows, board)
 

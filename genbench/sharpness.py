@@ -50,6 +50,8 @@ def default_eps(n_classes: int) -> float:
 class SearchParams(Params):
     """What both searches share. ``eps=None`` picks :func:`default_eps` from the dataset."""
 
+    EXECUTION_ONLY = frozenset({"batched", "rows_per_pass"})  # same numbers either way
+
     eps: float | None = Field(None, gt=0, description="allowed rise of the training loss "
                               "(or error); None: 0.05 below 100 classes, 0.1 from 100 classes")
     criterion: Literal["loss", "error"] = Field(
@@ -246,6 +248,8 @@ def sigma_search(ev: PerturbedLoss, *, eps: float, criterion: str = "loss", lowe
         if not failed:
             break
         lo, hi = lower, min(failed)
+    else:  # still non-monotone after every round: settle below the lowest failure seen
+        lo, hi = bisect(passes, lower, hi, depth)
     return {"sigma": lo, "bracket": [lo, hi], "eps": eps, "criterion": criterion,
             "reference": ref, "draws": draws, "probes": probes,
             "evaluations": ev.evaluations}

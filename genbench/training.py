@@ -171,10 +171,10 @@ def volume_tracker(registry: Registry, config: dict[str, Any], data: DataBundle,
     def record(epoch: int, model: nn.Module) -> dict[str, Any] | None:
         if epoch % tv.every:
             return None
-        copy = load_trained(registry, config, data, model.state_dict(), device)
         with torch.random.fork_rng(devices=[torch.device(device)]
                                    if torch.device(device).type == "cuda" else []):
             torch.manual_seed(epoch)
+            copy = load_trained(registry, config, data, model.state_dict(), device)
             est = estimator.estimate(copy, data, loss_fn=F.cross_entropy, device=device)
         return {"volume": {"estimator": tv.estimator, "vol_per_dim_mean": est["vol_per_dim_mean"],
                            "log_vol_sum": est["log_vol_sum"]}}

@@ -120,7 +120,8 @@ def inverse_factor_volume(factor: torch.Tensor, damping: float, ones_null: bool 
     mask = live_coordinates(f)
     live = int(mask.sum())
     if live == 0:
-        return InverseVolume(0.0, 0, size, 0.0, live_mask=mask)
+        return InverseVolume(0.0, 0, size, 0.0, live_mask=mask,
+                             covariance=torch.zeros(0, 0, dtype=torch.float64))
     f = f[mask][:, mask]
     scale = float(torch.diagonal(f).mean())
     delta = damping * scale
@@ -629,9 +630,9 @@ def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] 
     (``seconds``: the cost of the estimate when it was computed); a model whose
     estimate failed is left out of ``models`` and listed under ``"failed"``.
     """
-    from genbench.context import MeasureContext
+    from genbench.context import MeasureContext, result_key
     from genbench.plugins import get_registry
-    from genbench.population import content_key, expand
+    from genbench.population import expand
     from genbench.runner import DataCache, _quiet, resolve_device, train_population
     from genbench.store import Store
     from genbench.suite import Suite, load_suite
@@ -654,7 +655,7 @@ def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] 
         else:
             merged = overrides
             models = st.models()
-        resolved = entry.cls.Params(**merged).model_dump(mode="json")
+        resolved = entry.cls.Params(**merged).identity()
         out: dict[str, Any] = {}
         failed: dict[str, str] = {}
         for m in models:
@@ -671,8 +672,7 @@ def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] 
             except Exception as exc:  # noqa: BLE001 - one model's failure is reported, not fatal
                 failed[m["key"]] = f"{type(exc).__name__}: {exc}"
                 continue
-            rkey = content_key({"model": m["key"], "kind": "volume", "name": estimator,
-                                "version": str(entry.cls.version), "params": resolved})
+            rkey = result_key(m["key"], "volume", estimator, str(entry.cls.version), resolved)
             stored = st.result(rkey)
             seconds = (stored["seconds"] if stored is not None and stored["seconds"] is not None
                        else time.perf_counter() - t0)

@@ -227,8 +227,10 @@ class PacSLaplace(Measure):
     """PAC-S(Laplace): sum_l [ ||W^F_l - W^0_l||_F^2 / (2 sigma^2) + ln 1/vol_Laplace(w_l) ].
 
     Exactly ``pac_sharpness`` (same sigma params, same shared search) plus
-    sum_l -log_vol_l of the suite's ``laplace`` volume estimate (paper Lemma 3.1,
-    the KL with a correlated Gaussian posterior, up to the factor 1/2). Bigger =
+    sum_l -log_vol_l of the suite's ``laplace`` volume estimate: the formula of
+    science.md section 2 (paper Lemma 3.1 gives the KL with a correlated Gaussian
+    posterior as 1/2 sum_l (||W^F_l - W^0_l||^2 / sigma^2 + ln 1/vol), so this is
+    KL + 1/2 sum_l ln 1/vol, not a multiple of the KL). Bigger =
     predicts worse generalization. The volume is the faithful full-determinant
     estimate unless the suite's ``[volume.laplace]`` params choose otherwise.
     """
