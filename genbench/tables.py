@@ -77,6 +77,8 @@ def _column(rows: list[dict[str, Any]], col: str, option: str, allow_empty: bool
             raise TableError(f"row {i}, column '{col}': {row.get(col)!r} is not a number") from None
         if v is None and not allow_empty:
             raise TableError(f"row {i}, column '{col}' ({option}): empty; every model needs a value")
+        if v is not None and not math.isfinite(v) and not allow_empty:
+            raise TableError(f"row {i}, column '{col}' ({option}): {row.get(col)!r} is not finite")
         values.append(math.nan if v is None else v)
     return np.array(values, dtype=float)
 
@@ -120,7 +122,10 @@ def load_population(path: Path, gap: str = "gap", acc_gap: str | None = None,
 
 
 def _hparam(value: Any) -> Any:
-    """Hyperparameter values compare as numbers when they are numbers ("0.30" == 0.3)."""
+    """Hyperparameter values compare as numbers when they are numbers ("0.30" == 0.3);
+    lists and objects (JSON Lines) compare by their canonical JSON."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
     try:
         return _number(value)
     except (TypeError, ValueError):

@@ -24,10 +24,8 @@ def sensible_threads(cores: int | None = None) -> int:
     docs/performance-training.md). The 1-minute load average, less this process,
     estimates the busy cores. ``OMP_NUM_THREADS`` set by the user wins.
     """
-    import torch
-
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
     cores = cores or usable_cores()
     try:
         others = max(0.0, os.getloadavg()[0] - 1.0)

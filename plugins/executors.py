@@ -172,11 +172,16 @@ def _init_worker(devices: Any, default_device: str, setup: WorkerSetup,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     torch.set_num_threads(setup.threads)
     # Each worker takes one device; a worker the pool restarts reuses the first.
-    _WORKER["trainer"] = make_trainer(setup, default_device if devices.empty() else devices.get(),
-                                      bundles)
+    try:
+        _WORKER["trainer"] = make_trainer(setup, default_device if devices.empty()
+                                          else devices.get(), bundles)
+    except Exception as exc:  # noqa: BLE001 - raising here would make the pool restart it forever
+        _WORKER["error"] = f"{type(exc).__name__}: {exc}"
 
 
 def _train_in_worker(item: tuple[int, list[Any]]) -> tuple[int, bytes]:
+    if "error" in _WORKER:  # the environment, not a model, is broken: stop the run with it
+        raise RuntimeError(f"process executor: a worker could not start: {_WORKER['error']}")
     index, group = item
     return index, train_packed(_WORKER["trainer"], group)
 
@@ -285,7 +290,11 @@ class RayExecutor(Executor):
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     group = pending.pop(ref)
-                    for job, result in zip(group, pickle.loads(ray.get(ref))):
+                    try:
+                        results = pickle.loads(ray.get(ref))
+                    except Exception as exc:  # noqa: BLE001 - a crashed task fails its group only
+                        results = [exc] * len(group)
+                    for job, result in zip(group, results):
                         on_done(job, result)
         finally:
             for ref in pending:

@@ -122,13 +122,9 @@ def sgd_population(registry):
     specs += expand(suite("wd", train={"weight_decay": 0.01, "max_epochs": 2, "lr_halve_every": None},
                           regularizers={"dropout": {"rates": [0.5, 0.1]}}, seeds=(3,)), registry)
     specs += expand(suite("stops", train={"stop_train_loss": 10.0}, seeds=(4,)), registry)
-    specs += expand(suite("wdreg", regularizers={"weight_decay": {"value": 0.02}}
-                          if _has_weight_decay(registry) else {}, seeds=(5,)), registry)
+    specs += expand(suite("wdreg", regularizers={"weight_decay": {"value": 0.02}}, seeds=(5,)),
+                    registry)
     return specs, sequential(specs, registry)
-
-
-def _has_weight_decay(registry) -> bool:
-    return "weight_decay" in registry.names("regularizer")
 
 
 @pytest.mark.parametrize("backend", ["bmm", "vmap"])

@@ -21,7 +21,7 @@ def population(n=12, seed=0):
     for i in range(n):
         dropout, depth = [0.0, 0.15, 0.3][i % 3], [1, 2][(i // 3) % 2]
         gap = 1.0 - dropout + 0.1 * depth + 0.05 * rng.standard_normal()
-        rows.append({"dropout": dropout, "depth": depth, "gap": gap, "acc_gap": gap / 3,
+        rows.append({"dropout": dropout, "depth": depth, "gap": gap, "acc_gap": rng.standard_normal(),
                      "good": 2 * gap + 1, "noise": rng.standard_normal(), "name": f"m{i}"})
     return rows
 
@@ -54,13 +54,19 @@ def test_csv_scores_match_the_library(tmp_path):
 
 def test_jsonl_and_pgdl_preset_use_the_accuracy_gap(tmp_path):
     rows = population()
+    rows[0]["widths"] = [8, 8]  # a list-valued column is not a measure, and does no harm
     table = tmp_path / "pop.jsonl"
     table.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     res = runner.invoke(app, ["score", str(table), "--preset", "pgdl", "--measures", "good",
                               "--condition-on", "depth,dropout", "--json", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output
     got = json.loads((tmp_path / "s.json").read_text())
-    assert got["preset"] == "pgdl" and list(got["leaderboard"]) == ["good"]
+    arr = lambda k: np.array([r[k] for r in rows], dtype=float)  # noqa: E731
+    hp = {h: arr(h).astype(object) for h in ("depth", "dropout")}
+    score = lambda gaps: json.loads(json.dumps(score_population(  # noqa: E731
+        {"good": arr("good")}, gaps, hp, condition_on=["depth", "dropout"], against=[], preset="pgdl")))
+    assert got == score({"loss": arr("gap"), "acc": arr("acc_gap")})
+    assert got["leaderboard"] != score({"loss": arr("gap"), "acc": arr("gap")})["leaderboard"]
 
 
 @pytest.mark.parametrize("mutate, args, message", [
@@ -72,6 +78,8 @@ def test_jsonl_and_pgdl_preset_use_the_accuracy_gap(tmp_path):
     (lambda rows: [dict(r, gap=0.5) for r in rows], [], "column 'gap' (--gap) is constant"),
     (lambda rows: [dict(r, gap="") if i == 2 else r for i, r in enumerate(rows)], [],
      "row 3, column 'gap' (--gap): empty"),
+    (lambda rows: [dict(r, gap="nan") if i == 1 else r for i, r in enumerate(rows)], [],
+     "row 2, column 'gap' (--gap): 'nan' is not finite"),
 ])
 def test_bad_tables_get_one_line(tmp_path, mutate, args, message):
     table = write_csv(tmp_path / "pop.csv", mutate(population()))
