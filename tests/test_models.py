@@ -70,6 +70,8 @@ def test_cnn_is_table_3():
     assert dense.in_features == 128 * 3 * 3 and dense.out_features == 128  # 28 -> 26 -> 24 -> 3
     assert out.out_features == 10
     assert [t.dropout_scale for t in taps.taps(model)] == [0, 0, 1]  # Dropout-0.3 after Dense-128
+    figure1 = build("cnn", (1, 28, 28), dense=[128, 2])  # Figure 1's 2-unit feature layer
+    assert [t.dropout_scale for t in taps.taps(figure1)] == [0, 0, 1, 0]  # no dropout after Dense-2
     one_d = build("cnn", (1, 40))
     c1, _, d, _ = weights(one_d)
     assert isinstance(c1, nn.Conv1d) and d.in_features == 128 * 5  # 40 -> 38 -> 36 -> 5
