@@ -6,6 +6,7 @@ work and an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -58,8 +59,9 @@ class Trainer:
     A group is a list of specs trained together (one stacked computation when
     batching is on, see :mod:`genbench.batched`); ``train_group`` returns one result
     or exception per spec. Specs that cannot be stacked form groups of one and are
-    trained by :func:`genbench.training.train_one`; so is a group whose stacking
-    fails before training. Neither is an error: only a debug log says so.
+    trained by :func:`genbench.training.train_one`; so is a group the batched engine
+    turns down (a debug log says why) or fails on (a warning says so: the models are
+    still trained, one at a time, with the reference path's results).
     """
 
     max_group = 512  # models per stack (bounds memory on big populations)
@@ -72,8 +74,6 @@ class Trainer:
         together (in order of first appearance); every other spec alone."""
         if not self.batching:
             return [[job] for job in jobs]
-        import logging
-
         from genbench.batched import group_key, why_not_batchable
 
         log = logging.getLogger("genbench.batched")
@@ -99,20 +99,20 @@ class Trainer:
 
     def train_group(self, group: list[ModelSpec]) -> list[Any]:
         if self.batching and len(group) > 1:
-            import logging
+            from genbench.batched import NotBatchable, train_batched
 
-            from genbench.batched import train_batched
-
+            log = logging.getLogger("genbench.batched")
             try:
                 keys = {dataset_key(s.config, self.registry) for s in group}
                 if len(keys) == 1:
                     return train_batched(group, self.data.get(group[0].config), self.registry,
                                          self.device)
-                why = "the group mixes datasets"
-            except Exception as exc:  # noqa: BLE001 - fall back to one model at a time
-                why = f"{type(exc).__name__}: {exc}"
-            logging.getLogger("genbench.batched").debug(
-                "group of %d models trained one at a time: %s", len(group), why)
+                log.debug("group of %d models trained one at a time: it mixes datasets", len(group))
+            except NotBatchable as exc:
+                log.debug("group of %d models trained one at a time: %s", len(group), exc)
+            except Exception as exc:  # noqa: BLE001 - the reference path still trains them
+                log.warning("batched training failed (%s: %s); training %d models one at a time",
+                            type(exc).__name__, exc, len(group))
         from genbench.training import train_one
 
         results: list[Any] = []
