@@ -275,10 +275,15 @@ class CIFAR10(TorchvisionImages):
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
     flip = True
+    torchvision_name = "CIFAR10"
+
+    def _torchvision(self):
+        import torchvision.datasets
+
+        return getattr(torchvision.datasets, self.torchvision_name)
 
     def torchvision_class(self, verify):
-        from torchvision.datasets import CIFAR10 as tv
-
+        tv = self._torchvision()
         return tv if verify else _unverified_cifar(tv)
 
     @staticmethod
@@ -286,8 +291,7 @@ class CIFAR10(TorchvisionImages):
         return ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets)
 
     def expected_files(self, root):
-        from torchvision.datasets import CIFAR10 as tv
-
+        tv = self._torchvision()
         names = [f for f, _ in tv.train_list + tv.test_list] + [tv.meta["filename"]]
         return [os.path.join(root, tv.base_folder, f) for f in names]
 
@@ -299,17 +303,7 @@ class CIFAR100(CIFAR10):
     n_classes = 100
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
-
-    def torchvision_class(self, verify):
-        from torchvision.datasets import CIFAR100 as tv
-
-        return tv if verify else _unverified_cifar(tv)
-
-    def expected_files(self, root):
-        from torchvision.datasets import CIFAR100 as tv
-
-        names = [f for f, _ in tv.train_list + tv.test_list] + [tv.meta["filename"]]
-        return [os.path.join(root, tv.base_folder, f) for f in names]
+    torchvision_name = "CIFAR100"
 
 
 class SVHN(TorchvisionImages):
