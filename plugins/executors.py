@@ -210,11 +210,13 @@ class ProcessExecutor(Executor):
     def run(self, jobs, train, on_done):
         import multiprocessing
 
-        gpus = gpu_count(train.device)
-        workers = self.params.workers or gpus or usable_cores()
+        # "cuda" spreads the workers over every GPU; an explicit "cuda:N" keeps them on N.
+        gpus = gpu_count(train.device) if train.device == "cuda" else 0
+        workers = self.params.workers or gpus or (1 if train.device.startswith("cuda")
+                                                  else usable_cores())
         groups = balance(train.groups(jobs), workers)
         workers = max(1, min(workers, len(groups)))
-        if gpus and train.device == "cuda":
+        if gpus:
             devices = [f"cuda:{i % gpus}" for i in range(workers)]
         else:
             devices = [train.device] * workers

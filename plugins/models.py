@@ -260,7 +260,9 @@ class AlexNet(ModelFamily):
     version = "1"
 
     class Params(ConvParams):
-        depth: int = Field(8, ge=6, le=12, description="weight layers: depth-3 convs + 2 dense + output")
+        depth: int = Field(8, ge=6, le=12, description="weight layers with the default two hidden "
+                           "dense layers: depth-3 convs + 2 dense + output (a custom `dense` "
+                           "keeps depth-3 convs)")
         dense: list[int] = Field([384, 192], min_length=1, description="hidden dense units (before width)")
         dropout_placement: Literal["classic", "every"] = Field(
             "classic", description="'classic': on the inputs of the hidden dense layers (as "

@@ -315,7 +315,13 @@ def paired_volume_change(rows: list[dict[str, Any]], keys: str | list[str],
     def rest(r: dict[str, Any]) -> tuple:
         return (r["seed"], tuple(sorted((k, repr(v)) for k, v in r["hparams"].items() if k not in keys)))
 
-    baselines = {rest(r): r for r in rows if not treated(r)}
+    baselines: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        if not treated(r):
+            if rest(r) in baselines:
+                raise ValueError(f"two untreated rows share seed and hyperparameters {rest(r)}: "
+                                 "which one is the twin is ambiguous")
+            baselines[rest(r)] = r
     out = []
     for r in rows:
         if not treated(r):

@@ -233,6 +233,8 @@ def test_paired_volume_change_matches_each_run_with_its_noise_free_twin():
     both = paired_volume_change(rows, ["regularizers.weight_noise.std", "regularizers.dropout.rate"])
     assert [(round(o["change"], 10), o["twin"] is rows[0]) for o in both] == [
         (-0.1, True), (0.05, False), (0.2, True)]
+    with pytest.raises(ValueError, match="ambiguous"):
+        paired_volume_change(rows + [row(0.0, 0.1, 0, 0.55)], "regularizers.weight_noise.std")
 
 
 # -- controls -----------------------------------------------------------------------------------
