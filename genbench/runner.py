@@ -337,18 +337,9 @@ def build_result(suite: Suite, store: str, summary: dict[str, Any], rows: list[d
 def write_json(obj: Any, path: str | Path) -> None:
     import json
 
-    Path(path).write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-    except ImportError:  # pragma: no cover
-        pass
-    return str(o)
+    # numpy scalars become Python numbers; anything else unexpected becomes its text
+    Path(path).write_text(json.dumps(obj, indent=2, default=lambda o: o.item()
+                                     if hasattr(o, "item") else str(o)) + "\n")
 
 
 def leaderboard(store: str | Path = DEFAULT_STORE, suite: str | None = None,
