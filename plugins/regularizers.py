@@ -221,32 +221,33 @@ class _ReverseNoiseParams(Params):
     max_rows: int = Field(4096, ge=1, description="rows (samples x positions) used per step for E[.]")
 
 
-class ActivationReverseNoise(Regularizer):
+class _ReverseNoise(Regularizer):
+    """What both reverse noises share: their params, and off at strength 0."""
+
+    Params = _ReverseNoiseParams
+    handler: type[ReverseNoiseHandler] = ReverseNoiseHandler
+
+    def active(self):
+        return self.params.strength > 0
+
+    def bind(self, model):
+        return self.handler(self.params) if self.active() else None
+
+
+class ActivationReverseNoise(_ReverseNoise):
     """Activation reverse noise: a + lambda_1 eta, eta ~ N(mu, r(E[A]^{-1})) (Algorithm 2, forward)."""
 
     name = "activation_reverse_noise"
     version = "1"
-    Params = _ReverseNoiseParams
-
-    def active(self):
-        return self.params.strength > 0
-
-    def bind(self, model):
-        return ActivationReverseNoiseHandler(self.params) if self.active() else None
+    handler = ActivationReverseNoiseHandler
 
 
-class NodeLossReverseNoise(Regularizer):
+class NodeLossReverseNoise(_ReverseNoise):
     """Node-loss reverse noise: dL/dh + lambda_2 eta, eta ~ N(mu, r(E[G]^{-1})) (Algorithm 2, backward)."""
 
     name = "node_loss_reverse_noise"
     version = "1"
-    Params = _ReverseNoiseParams
-
-    def active(self):
-        return self.params.strength > 0
-
-    def bind(self, model):
-        return NodeLossReverseNoiseHandler(self.params) if self.active() else None
+    handler = NodeLossReverseNoiseHandler
 
 
 # -- weight noise ---------------------------------------------------------------------
