@@ -11,52 +11,22 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 
 import pytest
 import torch
 
 import genbench
-from genbench.components import Dataset, Params
-from genbench.data import DataBundle
 from genbench.plugins import load_registry
 from genbench.population import expand
 from genbench.runner import DataCache, Trainer
 from genbench.suite import Suite
+from tests import blobs
 from genbench.training import train_one
-
-
-# -- a tiny in-memory dataset, registered as a plugin by this module ------------------
-class Blobs(Dataset):
-    """Gaussian blobs: 96 train / 48 test points, 12 features, 3 classes (instant to make)."""
-
-    name = "blobs"
-    version = "1"
-
-    class Params(Params):
-        n_train: int = 96
-        layout: str = "flat"
-
-    def load(self) -> DataBundle:
-        g = torch.Generator().manual_seed(123)
-        centers = torch.randn(3, 12, generator=g) * 1.5
-        n = self.params.n_train + 48
-        y = torch.arange(n) % 3
-        x = centers[y] + torch.randn(n, 12, generator=g)
-        if self.params.layout == "channels":
-            x = x[:, None, :]
-        k = self.params.n_train
-        return DataBundle("blobs", x[:k], y[:k], x[k:], y[k:], 3)
-
-
-@genbench.hookimpl
-def register_datasets(register):
-    register(Blobs)
 
 
 @pytest.fixture(scope="module")
 def registry():
-    return load_registry(extra=[("test_batched_data", sys.modules[__name__])])
+    return load_registry(extra=[("test_blobs_data", blobs)])
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,54 +4,29 @@ and a run interrupted after its first stored model resumes without retraining it
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import genbench
-from genbench.components import Dataset, Params
-from genbench.data import DataBundle
 from genbench.plugins import load_registry
 from genbench.population import expand
 from genbench.runner import DataCache, Trainer, train_population
 from genbench.store import Store
 from genbench.suite import Suite
-
-
-class Blobs(Dataset):
-    """Gaussian blobs: 64 train / 32 test points, 6 features, 3 classes (instant to make)."""
-
-    name = "blobs"
-    version = "1"
-
-    class Params(Params):
-        n_train: int = 64
-
-    def load(self) -> DataBundle:
-        g = torch.Generator().manual_seed(5)
-        centers = torch.randn(3, 6, generator=g) * 2
-        n = self.params.n_train + 32
-        y = torch.arange(n) % 3
-        x = centers[y] + torch.randn(n, 6, generator=g)
-        k = self.params.n_train
-        return DataBundle("blobs", x[:k], y[:k], x[k:], y[k:], 3)
-
-
-@genbench.hookimpl
-def register_datasets(register):
-    register(Blobs)
+from tests import blobs
 
 
 @pytest.fixture
 def registry():
-    return load_registry(extra=[("test_executors_data", sys.modules[__name__])])
+    return load_registry(extra=[("test_blobs_data", blobs)])
 
 
 def tiny_suite(dataset: str = "blobs") -> Suite:
     """4 models in 2 stackable groups (two widths x two learning rates)."""
-    return Suite(name="tiny", dataset={"name": dataset, "params": {}},
+    params = {"n_train": 64, "n_test": 32, "features": 6, "spread": 2.0, "seed": 5} \
+        if dataset == "blobs" else {}
+    return Suite(name="tiny", dataset={"name": dataset, "params": params},
                  model={"name": "mlp", "params": {"depth": 1}},
                  train={"batch_size": 32, "max_epochs": 2, "lr": 0.05},
                  regularizers={"dropout": {"rate": 0.2}},
@@ -163,9 +138,9 @@ def test_workers_rebuild_a_registry_with_hand_added_plugins(registry):
     from genbench_plugins.executors import WorkerSetup, extra_plugins, worker_registry
 
     extra = extra_plugins(registry)
-    assert extra == (("test_executors_data", __name__, "unknown"),)
+    assert extra == (("test_blobs_data", "tests.blobs", "unknown"),)
     rebuilt = worker_registry(WorkerSetup(extra, True, 1))
-    assert rebuilt.get("dataset", "blobs").cls is Blobs
+    assert rebuilt.get("dataset", "blobs").cls is blobs.Blobs
     assert set(rebuilt.names("executor")) >= {"local", "process", "ray"}
 
 
