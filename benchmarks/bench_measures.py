@@ -44,7 +44,7 @@ def contexts(suite: Suite, store: Store, registry, n_models: int | None, device:
     counts = train_population(specs, suite, store, registry, device, _quiet, data=data)
     if counts["trained"]:
         print(f"trained {counts['trained']} models in {time.perf_counter() - t0:.1f} s")
-    settings = {"volume": suite.volume, "measures": suite.measures}
+    settings = {"volume": suite.volume}
 
     def make(spec):
         init, final = store.load_weights(spec.key)

@@ -42,7 +42,7 @@ class MeasureContext:
     Attributes: ``key`` and ``hparams`` of the model, ``config`` (its resolved
     spec), ``data`` (a :class:`~genbench.data.DataBundle` on ``device``),
     ``registry``, and ``settings`` (the suite's per-estimator params under
-    ``"volume"`` and per-measure params under ``"measures"``).
+    ``"volume"``; a measure's own params are its ``self.params``).
     """
 
     def __init__(self, *, key: str, hparams: dict[str, Any], config: dict[str, Any],
@@ -164,6 +164,3 @@ class MeasureContext:
         p = sharpness.resolve(sharpness.AlphaParams(**params), self.data.n_classes)
         return self.memo("alpha", p.identity(), lambda: sharpness.alpha_for(self, p),
                          version=sharpness.ALPHA_VERSION)
-
-    def measure_params(self, measure: str) -> dict[str, Any]:
-        return self.settings.get("measures", {}).get(measure, {})

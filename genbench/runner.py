@@ -219,7 +219,7 @@ def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, regis
     if not total:
         return counts
     advance = progress("measure", total)
-    settings = {"volume": suite.volume, "measures": suite.measures}
+    settings = {"volume": suite.volume}
     with torch_threads(sensible_threads()):
         _measure_work(work, store, registry, device, data, settings, advance, counts)
     return counts
