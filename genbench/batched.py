@@ -74,6 +74,15 @@ class NotBatchable(Exception):
 
 
 # -- grouping (config only, nothing built) ------------------------------------------
+def stackable(reg: Regularizer) -> bool:
+    """Whether the engine reproduces this regularizer: off, a forward-noise rate it knows
+    (dropout), or only optimizer overrides it applies per model (weight decay)."""
+    if not reg.active():
+        return True
+    if set(reg.optimizer_overrides()) - OPTIMIZER_OVERRIDES:
+        return False
+    return reg.name in NOISE_RATES or type(reg).bind is Regularizer.bind
+
 def group_key(spec: Any, registry: Registry) -> str | None:
     """Specs with equal keys can be stacked; ``None`` means train this one alone.
 
@@ -88,13 +97,9 @@ def group_key(spec: Any, registry: Registry) -> str | None:
     for name, raw in spec.config["regularizers"].items():
         cls = registry.get("regularizer", name).cls
         reg = cls(cls.Params(**raw))
-        if not reg.active():
-            continue
-        if set(reg.optimizer_overrides()) - OPTIMIZER_OVERRIDES:
+        if not stackable(reg):
             return None
-        if name not in NOISE_RATES and type(reg).bind is not Regularizer.bind:
-            return None
-        model_params.update(reg.model_overrides())
+        model_params.update(reg.model_overrides() if reg.active() else {})
     return canonical_json({"dataset": spec.config["dataset"],
                            "model": [spec.config["model"]["name"], model_params],
                            "batch_size": recipe.batch_size, "optimizer": recipe.optimizer})
@@ -364,8 +369,7 @@ def build_member(spec: Any, data: DataBundle, registry: Registry, device: torch.
     if extra:
         raise NotBatchable(f"optimizer overrides {sorted(extra)} are not stackable")
     noisy = [r for r in built.regularizers if r.name in NOISE_RATES and r.active()]
-    other = [r.name for r in built.regularizers if r.active()
-             and r.name not in NOISE_RATES and type(r).bind is not Regularizer.bind]
+    other = [r.name for r in built.regularizers if not stackable(r)]
     if other or len(noisy) > 1:
         raise NotBatchable(f"regularizers {other or [r.name for r in noisy]} cannot be stacked")
     rates = []
