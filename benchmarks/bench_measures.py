@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from genbench import context
 from genbench.context import MeasureContext
 from genbench.plugins import get_registry
 from genbench.population import expand
@@ -83,8 +84,8 @@ def time_batching(models, n: int):
     from genbench import sharpness
 
     rows = []
-    for search, params_cls, run in (("sigma", sharpness.SigmaParams, sharpness.sigma_for),
-                                     ("alpha", sharpness.AlphaParams, sharpness.alpha_for)):
+    for search, params_cls, run in (("sigma", sharpness.SigmaParams, context.sigma_for),
+                                     ("alpha", sharpness.AlphaParams, context.alpha_for)):
         secs: dict[bool, list[float]] = {True: [], False: []}
         answers: dict[bool, list[float]] = {True: [], False: []}
         for spec, make in models[:n]:

@@ -11,7 +11,7 @@ that mention torch are strings.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from genbench.context import MeasureContext
     from genbench.data import DataBundle
 
 
@@ -117,6 +116,28 @@ class VolumeEstimator(Component):
         raise NotImplementedError
 
 
+class Context(Protocol):
+    """What a measure may ask of its model (:class:`genbench.context.MeasureContext` is the
+    implementation; this protocol keeps the interfaces free of the flow that builds it)."""
+
+    key: str
+    hparams: dict[str, Any]
+    config: dict[str, Any]
+    data: DataBundle
+    device: torch.device
+
+    def build(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module: ...
+    def weight_names(self) -> list[str]: ...
+    def weights(self, initial: bool = False) -> dict[str, torch.Tensor]: ...
+    def train_loss(self, model: nn.Module | None = None) -> float: ...
+    def train_error(self, model: nn.Module | None = None) -> float: ...
+    def memo(self, name: str, params: dict[str, Any], compute: Any, version: str = "1",
+             kind: str = "shared", provenance: dict[str, Any] | None = None) -> Any: ...
+    def volume(self, estimator: str) -> dict[str, Any]: ...
+    def sigma(self, **params: Any) -> dict[str, Any]: ...
+    def alpha(self, **params: Any) -> dict[str, Any]: ...
+
+
 class Measure(Component):
     """A complexity measure: bigger must mean *predicted worse generalization*.
 
@@ -127,7 +148,7 @@ class Measure(Component):
     kind = "measure"
     needs: ClassVar[tuple[str, ...]] = ()
 
-    def compute(self, ctx: MeasureContext) -> float:
+    def compute(self, ctx: Context) -> float | dict[str, Any]:
         raise NotImplementedError
 
 

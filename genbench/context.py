@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench import taps
+from genbench import sharpness, taps
 from genbench.data import DataBundle
 from genbench.plugins import Registry
 from genbench.population import content_key
@@ -149,18 +149,59 @@ class MeasureContext:
         :class:`genbench.sharpness.SigmaParams` ``params`` (eps from the dataset when not
         given): ``{"sigma", "bracket", "eps", "probes", ...}``. Computed once per model
         and params and stored, so the three PAC measures share one search."""
-        from genbench import sharpness
-
         p = sharpness.resolve(sharpness.SigmaParams(**params), self.data.n_classes)
-        return self.memo("sigma", p.identity(), lambda: sharpness.sigma_for(self, p),
+        return self.memo("sigma", p.identity(), lambda: sigma_for(self, p),
                          version=sharpness.SIGMA_VERSION)
 
     def alpha(self, **params: Any) -> dict[str, Any]:
         """The worst-case sharpness search (:func:`genbench.sharpness.alpha_search`) with
         :class:`genbench.sharpness.AlphaParams` ``params``: ``{"alpha", "bracket", "eps",
         "probes", ...}``. Computed once per model and params and stored."""
-        from genbench import sharpness
-
         p = sharpness.resolve(sharpness.AlphaParams(**params), self.data.n_classes)
-        return self.memo("alpha", p.identity(), lambda: sharpness.alpha_for(self, p),
+        return self.memo("alpha", p.identity(), lambda: alpha_for(self, p),
                          version=sharpness.ALPHA_VERSION)
+
+
+# -- the sharpness searches on a context's model (sharpness.py takes modules, not contexts) --
+def training_subset(ctx: MeasureContext, n_samples: int | None,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random subset of the training data (all of it when ``n_samples`` is None
+    or not smaller), so every probe of a search sees the same samples."""
+    x, y = ctx.data.train_x, ctx.data.train_y
+    if n_samples is None or n_samples >= x.shape[0]:
+        return x, y
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n_samples]
+    idx = idx.sort().values.to(x.device)
+    return x[idx], y[idx]
+
+
+def perturbed_loss(ctx: MeasureContext, params: sharpness.SearchParams) -> sharpness.PerturbedLoss:
+    """The evaluator for ``ctx``'s model (a fresh copy) with ``params``' subset and scope."""
+    model = ctx.build()
+    names = (ctx.weight_names() if params.perturb == "weights"
+             else [n for n, p in model.named_parameters() if p.requires_grad])
+    x, y = training_subset(ctx, params.n_samples, params.seed)
+    return sharpness.PerturbedLoss(model, names, x, y, loss_fn=ctx.loss_fn,
+                                   batched=params.batched, rows_per_pass=params.rows_per_pass)
+
+
+def sigma_for(ctx: MeasureContext, params: sharpness.SigmaParams) -> dict[str, Any]:
+    """:func:`genbench.sharpness.sigma_search` on ``ctx``'s model (``params`` resolved)."""
+    ev = perturbed_loss(ctx, params)
+    out = sharpness.sigma_search(ev, eps=params.eps, criterion=params.criterion,
+                                 lower=params.lower, upper=params.upper, depth=params.depth,
+                                 draws=params.draws, envelope=params.envelope, seed=params.seed)
+    out["n_samples"] = int(ev.x.shape[0])
+    return out
+
+
+def alpha_for(ctx: MeasureContext, params: sharpness.AlphaParams) -> dict[str, Any]:
+    """:func:`genbench.sharpness.alpha_search` on ``ctx``'s model (``params`` resolved)."""
+    ev = perturbed_loss(ctx, params)
+    out = sharpness.alpha_search(ev, eps=params.eps, criterion=params.criterion,
+                                 lower=params.lower, upper=params.upper, depth=params.depth,
+                                 restarts=params.restarts, steps=params.steps,
+                                 step_size=params.step_size, magnitude_eps=params.magnitude_eps,
+                                 seed=params.seed)
+    out["n_samples"] = int(ev.x.shape[0])
+    return out

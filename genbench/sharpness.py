@@ -3,7 +3,8 @@
 - :func:`sigma_search`: the PAC-Bayes sharpness sigma, the largest standard
   deviation sigma such that max_{sigma' <= sigma} |E L(W + U') - L(W)| <= eps with
   U' ~ N(0, sigma'^2 I). Shared by ``pac_sharpness``, ``pac_s_laplace`` and
-  ``pac_s_sampling`` (through :meth:`genbench.context.MeasureContext.sigma`).
+  ``pac_s_sampling`` (through :meth:`genbench.context.MeasureContext.sigma`,
+  which builds the evaluator: this module takes modules and tensors, never a context).
 - :func:`alpha_search`: the worst-case (magnitude-aware) sharpness alpha', the
   largest alpha' such that projected gradient *ascent* inside the box
   |w - w_F| <= alpha' (|w_F| + magnitude_eps) cannot raise the loss by more than
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,6 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from genbench.components import Params
-
-if TYPE_CHECKING:  # pragma: no cover
-    from genbench.context import MeasureContext
 
 SIGMA_VERSION = "1"
 ALPHA_VERSION = "1"
@@ -312,48 +310,3 @@ def alpha_search(ev: PerturbedLoss, *, eps: float, criterion: str = "loss", lowe
     lo, hi = bisect(passes, lo, hi, depth)
     return {"alpha": lo, "bracket": [lo, hi], "eps": eps, "criterion": criterion,
             "reference": ref, "probes": probes, "evaluations": ev.evaluations}
-
-
-# -- from a measure context ------------------------------------------------------------
-
-def training_subset(ctx: MeasureContext, n_samples: int | None,
-                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed random subset of the training data (all of it when ``n_samples`` is None
-    or not smaller), so every probe of a search sees the same samples."""
-    x, y = ctx.data.train_x, ctx.data.train_y
-    if n_samples is None or n_samples >= x.shape[0]:
-        return x, y
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n_samples]
-    idx = idx.sort().values.to(x.device)
-    return x[idx], y[idx]
-
-
-def perturbed_loss(ctx: MeasureContext, params: SearchParams) -> PerturbedLoss:
-    """The evaluator for ``ctx``'s model (a fresh copy) with ``params``' subset and scope."""
-    model = ctx.build()
-    names = (ctx.weight_names() if params.perturb == "weights"
-             else [n for n, p in model.named_parameters() if p.requires_grad])
-    x, y = training_subset(ctx, params.n_samples, params.seed)
-    return PerturbedLoss(model, names, x, y, loss_fn=ctx.loss_fn, batched=params.batched,
-                         rows_per_pass=params.rows_per_pass)
-
-
-def sigma_for(ctx: MeasureContext, params: SigmaParams) -> dict[str, Any]:
-    """:func:`sigma_search` on ``ctx``'s model (``params`` already resolved)."""
-    ev = perturbed_loss(ctx, params)
-    out = sigma_search(ev, eps=params.eps, criterion=params.criterion, lower=params.lower,
-                       upper=params.upper, depth=params.depth, draws=params.draws,
-                       envelope=params.envelope, seed=params.seed)
-    out["n_samples"] = int(ev.x.shape[0])
-    return out
-
-
-def alpha_for(ctx: MeasureContext, params: AlphaParams) -> dict[str, Any]:
-    """:func:`alpha_search` on ``ctx``'s model (``params`` already resolved)."""
-    ev = perturbed_loss(ctx, params)
-    out = alpha_search(ev, eps=params.eps, criterion=params.criterion, lower=params.lower,
-                       upper=params.upper, depth=params.depth, restarts=params.restarts,
-                       steps=params.steps, step_size=params.step_size,
-                       magnitude_eps=params.magnitude_eps, seed=params.seed)
-    out["n_samples"] = int(ev.x.shape[0])
-    return out

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import genbench
-from genbench import sharpness
+from genbench import context, sharpness
 from genbench.components import ModelFamily, Params, VolumeEstimator
 from genbench.context import MeasureContext
 from genbench.data import DataBundle
@@ -326,7 +326,7 @@ def test_alpha_search_on_a_network_brackets_the_eps_rise():
     rec = ctx.alpha(**FAST_ALPHA)
     lo, hi = rec["bracket"]
     assert 0 < lo < hi <= 2 and rec["eps"] == 0.05
-    ev = sharpness.perturbed_loss(ctx, sharpness.resolve(sharpness.AlphaParams(**FAST_ALPHA), 3))
+    ev = context.perturbed_loss(ctx, sharpness.resolve(sharpness.AlphaParams(**FAST_ALPHA), 3))
     kw = {"restarts": 2, "steps": 4}
     assert sharpness.ascent(ev, lo, **kw)["worst"] - rec["reference"] <= rec["eps"]
     assert sharpness.ascent(ev, hi, **kw)["worst"] - rec["reference"] > rec["eps"]
@@ -385,8 +385,8 @@ def test_pac_s_measures_add_exactly_the_stored_neg_log_volume_and_share_sigma(mo
     ctx = make_ctx(mlp_config(widths=[6]), tiny_data(), registry=registry, trained_steps=40,
                    settings={"volume": {"laplace": {"scale": 2.0}}})
     calls = []
-    real = sharpness.sigma_for
-    monkeypatch.setattr(sharpness, "sigma_for", lambda c, p: calls.append(p) or real(c, p))
+    real = context.sigma_for
+    monkeypatch.setattr(context, "sigma_for", lambda c, p: calls.append(p) or real(c, p))
     ESTIMATES.clear()
     pac = measure("pac_sharpness", ctx, **FAST_SIGMA)
     lap = measure("pac_s_laplace", ctx, **FAST_SIGMA)
@@ -424,7 +424,7 @@ def test_searches_are_stored_once_and_reused_by_a_later_context(tmp_path, monkey
         alpha = first.alpha(**FAST_ALPHA)
         assert sigma["criterion"] == "error" and sigma["n_samples"] == 48
         later = make_ctx(mlp_config(widths=[6]), data, trained_steps=40, store=store)
-        monkeypatch.setattr(sharpness, "sigma_for", lambda *a: pytest.fail("sigma recomputed"))
-        monkeypatch.setattr(sharpness, "alpha_for", lambda *a: pytest.fail("alpha recomputed"))
+        monkeypatch.setattr(context, "sigma_for", lambda *a: pytest.fail("sigma recomputed"))
+        monkeypatch.setattr(context, "alpha_for", lambda *a: pytest.fail("alpha recomputed"))
         assert later.sigma(**FAST_SIGMA, criterion="error") == sigma
         assert later.alpha(**FAST_ALPHA) == alpha
