@@ -141,8 +141,11 @@ class Context(Protocol):
 class Measure(Component):
     """A complexity measure: bigger must mean *predicted worse generalization*.
 
-    ``needs`` names shared quantities (e.g. ``"sigma"``, ``"volume:laplace"``) the
-    measure asks the context for, so a run computes only what is used.
+    ``compute`` returns a number, or ``{"value": number, "parts": {name: number}}``
+    when the value is a sum of named terms worth showing (stored with the value).
+    ``needs`` names the shared quantities (e.g. ``"sigma"``, ``"volume:laplace"``) the
+    measure reads, for readers; the core does not trust it: every lookup a measure
+    makes is recorded with its value (see :mod:`genbench.keys`).
     """
 
     kind = "measure"
@@ -153,14 +156,27 @@ class Measure(Component):
 
 
 class Executor(Component):
-    """Trains a list of model jobs and hands each result back as soon as it exists."""
+    """Runs a stage's tasks and hands each task's records back as soon as it finishes.
+
+    An executor may use exactly this, all from :mod:`genbench.tasks`:
+
+    - each task: picklable; ``len(task)`` (its size), ``task.stage`` (``"train"`` or
+      ``"measure"``), ``task.failed(error) -> records`` (for a task its worker never
+      returned from), and ``task.split()`` where it exists (to balance workers, see
+      ``balance``); ``portable(task)`` when the worker may not see the driver's files;
+    - ``setup``, a picklable ``WorkerSetup``: ``setup.device``, and ``setup.worker(device)``
+      builds the worker a task runs with (once per process; in the driver's own process
+      it is the driver's worker);
+    - ``execute(task, worker) -> records``: runs a task; its errors are records;
+    - ``pack(records)``: the records as bytes, to send them back from a worker.
+
+    ``on_done(task, records)`` must be called once per task, in the calling process
+    (the driver stores the records there, nowhere else).
+    """
 
     kind = "executor"
 
-    def run(self, jobs: list[Any], train: Any, on_done: Any) -> None:
-        """Train ``jobs`` with ``train`` (a :class:`genbench.runner.Trainer`: ``groups(jobs)``,
-        ``train_group(group) -> [result or exception]``) and call ``on_done(job, result)``
-        once per job, in the calling process, as soon as each finishes."""
+    def run(self, tasks: list[Any], setup: Any, on_done: Any) -> None:
         raise NotImplementedError
 
 

@@ -9,31 +9,38 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genbench import sharpness, taps
+from genbench import keys, sharpness, taps
 from genbench.data import DataBundle
 from genbench.plugins import Registry
-from genbench.population import content_key
-from genbench.store import Store
 from genbench.training import evaluate, load_trained
 
 
 def result_key(model_key: str, kind: str, name: str, version: str, params: dict[str, Any]) -> str:
-    """The store key of a shared quantity (or volume) of one model."""
-    return content_key({"model": model_key, "kind": kind, "name": name, "version": version,
-                        "params": params})
+    """The store key of a shared quantity (or volume) of one model (see :mod:`genbench.keys`)."""
+    return keys.shared_key(model_key, kind, name, version, params)
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:
     """A layer's weight as a matrix: conv kernels (C_out, C_in, k...) become (C_out, C_in*k...)."""
     return weight.reshape(weight.shape[0], -1)
+
+
+class Results(Protocol):
+    """Where a context finds and keeps shared quantities: the store in the driver, the
+    task's record list in a worker (:mod:`genbench.tasks`)."""
+
+    def result(self, key: str) -> dict[str, Any] | None: ...
+    def put_result(self, key: str, model_key: str, kind: str, name: str, params: dict,
+                   provenance: dict, **fields: Any) -> None: ...
 
 
 class MeasureContext:
@@ -46,7 +53,7 @@ class MeasureContext:
     """
 
     def __init__(self, *, key: str, hparams: dict[str, Any], config: dict[str, Any],
-                 data: DataBundle, registry: Registry, store: Store | None,
+                 data: DataBundle, registry: Registry, store: Results | None,
                  init_state: dict[str, torch.Tensor], final_state: dict[str, torch.Tensor],
                  device: str | torch.device = "cpu", settings: dict[str, Any] | None = None):
         self.key = key
@@ -59,7 +66,8 @@ class MeasureContext:
         self.init_state = init_state
         self.final_state = final_state
         self.settings = settings or {}
-        self._memo: dict[str, Any] = {}
+        self._memo: dict[str, tuple[Any, list[keys.Lookup]]] = {}
+        self._frames: list[list[keys.Lookup]] = []
 
     # -- the model and its weights -------------------------------------------------
     def build(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
@@ -94,7 +102,22 @@ class MeasureContext:
     def train_error(self, model: nn.Module | None = None) -> float:
         return 1.0 - evaluate(model or self.model, self.data.train_x, self.data.train_y)[1]
 
-    # -- memoised shared quantities --------------------------------------------------
+    # -- memoised shared quantities, each lookup recorded ------------------------------
+    @contextmanager
+    def recording(self) -> Iterator[list[keys.Lookup]]:
+        """Collect every lookup made inside the block (nested ones included): the
+        dependencies stored with the value computed there."""
+        frame: list[keys.Lookup] = []
+        self._frames.append(frame)
+        try:
+            yield frame
+        finally:
+            self._frames.pop()  # frames nest: the innermost closes first
+
+    def _note(self, deps: list[keys.Lookup]) -> None:
+        for frame in self._frames:
+            frame.extend(d for d in deps if d not in frame)
+
     def memo(self, name: str, params: dict[str, Any], compute: Callable[[], Any],
              version: str = "1", kind: str = "shared",
              provenance: dict[str, Any] | None = None) -> Any:
@@ -102,26 +125,35 @@ class MeasureContext:
 
         The value must be JSON-serialisable. Measures that share a quantity (e.g.
         PAC-Sharpness and the PAC-S measures sharing sigma) call this with the same
-        name and params.
+        name and params. The lookup, and whatever ``compute`` itself looks up, is
+        recorded as a dependency of the value being computed.
         """
-        rkey = result_key(self.key, kind, name, version, params)
+        return self._lookup(keys.lookup(self.key, kind, name, version, params), compute,
+                            provenance or {"name": name, "version": version})
+
+    def _lookup(self, dep: keys.Lookup, compute: Callable[[], Any],
+                provenance: dict[str, Any]) -> Any:
+        rkey = dep["key"]
         if rkey not in self._memo:
             stored = self.store.result(rkey) if self.store is not None else None
-            if stored is not None:
-                self._memo[rkey] = stored["data"]
+            deps = (stored or {}).get("provenance", {}).get("deps", [])
+            if stored is not None and keys.still_valid(self.key, deps, self.registry, self.settings):
+                self._memo[rkey] = stored["data"], deps
             else:
                 t0 = time.perf_counter()
-                try:
-                    value = json.loads(json.dumps(compute()))  # what a later run will read back
-                except Exception as exc:  # noqa: BLE001 - remembered: every measure sharing it fails alike
-                    self._memo[rkey] = exc
-                    raise
+                with self.recording() as deps:
+                    try:
+                        value = json.loads(json.dumps(compute()))  # what a later run will read back
+                    except Exception as exc:  # noqa: BLE001 - remembered: every measure sharing it fails alike
+                        self._memo[rkey] = exc, list(deps)
+                        raise
                 if self.store is not None:
-                    self.store.put_result(rkey, self.key, kind, name, params,
-                                          provenance or {"name": name, "version": version},
+                    self.store.put_result(rkey, self.key, dep["kind"], dep["name"], dep["params"],
+                                          {**provenance, **({"deps": deps} if deps else {})},
                                           data=value, seconds=time.perf_counter() - t0)
-                self._memo[rkey] = value
-        value = self._memo[rkey]
+                self._memo[rkey] = value, list(deps)
+        value, deps = self._memo[rkey]
+        self._note([dep, *deps])
         if isinstance(value, Exception):
             raise value
         return value
@@ -131,18 +163,16 @@ class MeasureContext:
         with the suite's params for it. Keys: ``layers`` ({name: {log_vol, dim,
         vol_per_dim}}), ``log_vol_sum``, ``vol_per_dim_mean``, plus the estimator's own."""
         entry = self.registry.get("volume_estimator", estimator)
-        params = entry.cls.Params(**self.settings.get("volume", {}).get(estimator, {}))
-        est = entry.cls(params)
+        dep = keys.volume_lookup(self.key, estimator, self.registry, self.settings)
+        est = entry.cls(entry.cls.Params(**self.settings.get("volume", {}).get(estimator, {})))
 
         def compute() -> dict[str, Any]:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(0)
+                torch.manual_seed(int(self.key[:15], 16))
                 return est.estimate(self.build(), self.data, loss_fn=self.loss_fn,
                                     device=self.device)
 
-        return self.memo(estimator, params.identity(), compute,
-                         version=str(entry.cls.version), kind="volume",
-                         provenance=entry.provenance)
+        return self._lookup(dep, compute, entry.provenance)
 
     def sigma(self, **params: Any) -> dict[str, Any]:
         """The PAC-Bayes sharpness search (:func:`genbench.sharpness.sigma_search`) with
@@ -150,16 +180,16 @@ class MeasureContext:
         given): ``{"sigma", "bracket", "eps", "probes", ...}``. Computed once per model
         and params and stored, so the three PAC measures share one search."""
         p = sharpness.resolve(sharpness.SigmaParams(**params), self.data.n_classes)
-        return self.memo("sigma", p.identity(), lambda: sigma_for(self, p),
-                         version=sharpness.SIGMA_VERSION)
+        return self._lookup(keys.search_lookup(self.key, "sigma", p), lambda: sigma_for(self, p),
+                            {"name": "sigma", "version": sharpness.SIGMA_VERSION})
 
     def alpha(self, **params: Any) -> dict[str, Any]:
         """The worst-case sharpness search (:func:`genbench.sharpness.alpha_search`) with
         :class:`genbench.sharpness.AlphaParams` ``params``: ``{"alpha", "bracket", "eps",
         "probes", ...}``. Computed once per model and params and stored."""
         p = sharpness.resolve(sharpness.AlphaParams(**params), self.data.n_classes)
-        return self.memo("alpha", p.identity(), lambda: alpha_for(self, p),
-                         version=sharpness.ALPHA_VERSION)
+        return self._lookup(keys.search_lookup(self.key, "alpha", p), lambda: alpha_for(self, p),
+                            {"name": "alpha", "version": sharpness.ALPHA_VERSION})
 
 
 # -- the sharpness searches on a context's model (sharpness.py takes modules, not contexts) --

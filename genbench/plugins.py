@@ -84,6 +84,11 @@ class Registry:
         raise PluginError(f"unknown {kind.replace('_', ' ')} '{name}'{hint}; "
                           f"available: {', '.join(known) or 'none'}")
 
+    def create(self, kind: str, name: str, params: dict[str, Any] | None = None) -> Any:
+        """An instance of component ``name`` with ``params`` (validated by its Params)."""
+        cls = self.get(kind, name).cls
+        return cls(cls.Params(**(params or {})))
+
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
 

@@ -8,23 +8,15 @@ unchanged one is found in the store and never retrained.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from genbench import keys
+from genbench.keys import canonical_json, content_key  # noqa: F401 - their old home
 from genbench.plugins import Registry
 from genbench.suite import Scalar, Suite, SuiteError, TrainRecipe, apply_point
 
 TRAINER_VERSION = "2"  # bump when the training loop changes results
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def content_key(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -66,8 +58,8 @@ def resolve(registry: Registry, cfg: dict[str, Any]) -> tuple[dict[str, Any], li
 
 
 def dataset_key(config: dict[str, Any], registry: Registry) -> str:
-    entry = registry.get("dataset", config["dataset"]["name"])
-    return content_key({"dataset": config["dataset"], "version": entry.cls.version})
+    """The key of a model config's dataset (see :func:`genbench.keys.dataset_key`)."""
+    return keys.dataset_key(config, str(registry.get("dataset", config["dataset"]["name"]).cls.version))
 
 
 def expand(suite: Suite, registry: Registry) -> list[ModelSpec]:
@@ -77,9 +69,9 @@ def expand(suite: Suite, registry: Registry) -> list[ModelSpec]:
     for point in suite.grid_points():
         cfg, prov = resolve(registry, apply_point(base, point))
         for seed in suite.seeds:
-            identity = {"config": cfg, "seed": seed, "trainer": TRAINER_VERSION,
-                        "components": [(p["kind"], p["name"], p["version"]) for p in prov]}
-            specs.append(ModelSpec(key=content_key(identity), hparams=dict(point), seed=seed,
+            key = keys.model_key(cfg, seed, TRAINER_VERSION,
+                                 [(p["kind"], p["name"], p["version"]) for p in prov])
+            specs.append(ModelSpec(key=key, hparams=dict(point), seed=seed,
                                    config=cfg, provenance=prov))
     seen: dict[str, dict[str, Any]] = {}
     for spec in specs:

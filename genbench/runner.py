@@ -6,18 +6,17 @@ work and an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from genbench.keys import measure_key, still_valid
 from genbench.plugins import Registry, get_registry
-from genbench.population import ModelSpec, content_key, dataset_key, expand
+from genbench.population import ModelSpec, expand
 from genbench.store import Store
 from genbench.suite import Suite, load_suite, short_names
-from genbench.threads import sensible_threads, torch_threads
+from genbench.tasks import DataCache, MeasureTask, Trainer, TrainTask, Worker, groups, setup_for, write
 
 # progress(stage, total) -> advance(description); the CLI draws bars, the library stays quiet.
 Progress = Callable[[str, int], Callable[[str], None]]
@@ -38,161 +37,62 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-class DataCache:
-    """Loads each distinct dataset config once per process."""
+class Stage:
+    """The driver's side of a stage: runs its tasks on an executor and writes every
+    record to the store the moment its task's records arrive (nothing else writes it)."""
 
-    def __init__(self, registry: Registry):
-        self.registry = registry
-        self._cache: dict[str, Any] = {}
+    def __init__(self, name: str, store: Store, advance: Callable[[str], None]):
+        self.name, self.store, self.advance = name, store, advance
+        self.workers: set[str] = set()
+        self.counts = {"trained": 0, "failed": 0, "computed": 0}
 
-    def get(self, config: dict[str, Any]) -> Any:
-        key = dataset_key(config, self.registry)
-        if key not in self._cache:
-            entry = self.registry.get("dataset", config["dataset"]["name"])
-            self._cache[key] = entry.cls(entry.cls.Params(**config["dataset"]["params"])).load()
-        return self._cache[key]
-
-
-class Trainer:
-    """What an executor calls: splits jobs into groups and trains a group.
-
-    A group is a list of specs trained together (one stacked computation when
-    batching is on, see :mod:`genbench.batched`); ``train_group`` returns one result
-    or exception per spec. Specs that cannot be stacked form groups of one and are
-    trained by :func:`genbench.training.train_one`; so is a group the batched engine
-    turns down (a debug log says why) or fails on (a warning says so: the models are
-    still trained, one at a time, with the reference path's results).
-    """
-
-    max_group = 512  # models per stack (bounds memory on big populations)
-
-    def __init__(self, registry: Registry, data: DataCache, device: str, batching: bool = True):
-        self.registry, self.data, self.device, self.batching = registry, data, device, batching
-
-    def groups(self, jobs: list[ModelSpec]) -> list[list[ModelSpec]]:
-        """Batchable specs sharing dataset, architecture, batch size and optimizer type
-        together (in order of first appearance); every other spec alone."""
-        if not self.batching:
-            return [[job] for job in jobs]
-        from genbench.batched import group_key, why_not_batchable
-
-        log = logging.getLogger("genbench.batched")
-        out: list[list[ModelSpec]] = []
-        open_groups: dict[str, list[ModelSpec]] = {}
-        for job in jobs:
-            try:
-                key = group_key(job, self.registry)
-            except Exception as exc:  # noqa: BLE001 - train_one will report the real error
-                key, why = None, f"{type(exc).__name__}: {exc}"
-            else:
-                why = why_not_batchable(job, self.registry) if key is None else ""
-            if key is None:
-                log.debug("model %s trains alone: %s", job.key, why)
-                out.append([job])
-                continue
-            group = open_groups.get(key)
-            if group is None or len(group) >= self.max_group:
-                group = open_groups[key] = []
-                out.append(group)
-            group.append(job)
-        return out
-
-    def train_group(self, group: list[ModelSpec]) -> list[Any]:
-        if self.batching and len(group) > 1:
-            from genbench.batched import NotBatchable, train_batched
-
-            log = logging.getLogger("genbench.batched")
-            try:
-                keys = {dataset_key(s.config, self.registry) for s in group}
-                if len(keys) == 1:
-                    return train_batched(group, self.data.get(group[0].config), self.registry,
-                                         self.device)
-                log.debug("group of %d models trained one at a time: it mixes datasets", len(group))
-            except NotBatchable as exc:
-                log.debug("group of %d models trained one at a time: %s", len(group), exc)
-            except Exception as exc:  # noqa: BLE001 - the reference path still trains them
-                log.warning("batched training failed (%s: %s); training %d models one at a time",
-                            type(exc).__name__, exc, len(group))
-        from genbench.training import train_one
-
-        results: list[Any] = []
-        for spec in group:
-            try:
-                results.append(train_one(spec, self.data.get(spec.config), self.registry, self.device))
-            except Exception as exc:  # noqa: BLE001 - a failed model is recorded, the run goes on
-                results.append(exc)
-        return results
+    def on_done(self, task: Any, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            write(self.store, record)
+            self.workers.update([record["worker"]] if "worker" in record else [])
+            if record["type"] == "model":
+                self.counts["trained"] += 1
+                self.advance(_describe(record["spec"]))
+            elif record["type"] == "model_failed":
+                self.counts["failed"] += 1
+                self.advance(_describe(record["spec"]))
+            elif record["kind"] == "measure":
+                self.counts["computed"] += 1
+                self.advance(record["name"])
 
 
-def measure_entries(suite: Suite, registry: Registry) -> list[tuple[Any, Any, dict]]:
-    """(entry, instance, key material) for each measure of the suite."""
-    out = []
-    for name, raw in suite.measures.items():
-        entry = registry.get("measure", name)
-        params = entry.cls.Params(**raw)
-        material = {"kind": "measure", "name": name, "version": str(entry.cls.version),
-                    "params": params.identity(), "needs": needs_identity(entry.cls.needs, suite,
-                                                                       registry)}
-        out.append((entry, entry.cls(params), material))
-    return out
-
-
-def needs_identity(needs: tuple[str, ...], suite: Suite, registry: Registry) -> dict[str, Any]:
-    """What a measure's value depends on beyond its own params: the version and resolved
-    params of each volume estimator it reads, the versions of the searches it uses."""
-    from genbench import sharpness
-
-    out: dict[str, Any] = {}
-    for need in needs:
-        if need.startswith("volume:"):
-            est = registry.get("volume_estimator", need.split(":", 1)[1]).cls
-            out[need] = {"version": str(est.version),
-                         "params": est.Params(**suite.volume.get(est.name, {})).identity()}
-        elif need in ("sigma", "alpha"):
-            out[need] = {"sigma": sharpness.SIGMA_VERSION, "alpha": sharpness.ALPHA_VERSION}[need]
-    return out
-
-
-def measure_key(model_key: str, material: dict[str, Any]) -> str:
-    """The store key of one measure value of one model."""
-    return content_key({"model": model_key, **material})
+def make_executor(suite: Suite, registry: Registry, executor: str | None,
+                  executor_params: dict[str, Any] | None) -> Any:
+    """The executor to run with: ``executor`` (its params from ``executor_params`` only)
+    or the suite's (its params, updated by ``executor_params``, e.g. ``{"address": ...}``)."""
+    ref = suite.executor if executor is None else type(suite.executor)(name=executor)
+    params = {**(ref.params if executor is None else {}), **(executor_params or {})}
+    return registry.create("executor", ref.name, params)
 
 
 def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registry: Registry,
                      device: str, progress: Progress, executor: str | None = None,
                      data: DataCache | None = None, batching: bool = True,
-                     executor_params: dict[str, Any] | None = None) -> dict[str, int]:
+                     executor_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every spec the store lacks; store each model the moment it is trained.
 
     ``executor_params`` override the executor's params (e.g. ``{"address": "auto"}``
     for ``ray``); with ``executor`` given, the suite's own executor params are ignored.
+    Returns the counts, and ``workers``: the processes that trained.
     """
-    ref = suite.executor if executor is None else type(suite.executor)(name=executor)
-    entry = registry.get("executor", ref.name)  # a misspelled executor fails even with nothing to do
-    params = {**(ref.params if executor is None else {}), **(executor_params or {})}
-    runner = entry.cls(entry.cls.Params(**params))
+    engine = make_executor(suite, registry, executor, executor_params)  # fails early if misspelled
     stored = {m["key"] for m in store.models()}
     todo = [s for s in specs if s.key not in stored]
-    counts = {"trained": 0, "failed": 0}
     if not todo:
-        return counts
+        return {"trained": 0, "failed": 0, "workers": 0}
     data = data or DataCache(registry)
     for spec in todo:  # a missing dataset is the user's error to fix, not a failed model
         data.get(spec.config)
-    advance = progress("train", len(todo))
-
-    def on_done(spec: ModelSpec, result: Any) -> None:
-        if isinstance(result, BaseException):
-            store.save_failure(spec, f"{type(result).__name__}: {result}")
-            counts["failed"] += 1
-        else:
-            store.save_model(spec, result.init_state, result.final_state, result.metrics,
-                             result.seconds)
-            counts["trained"] += 1
-        advance(_describe(spec))
-
-    runner.run(todo, Trainer(registry, data, device, batching), on_done)
-    return counts
+    stage = Stage("train", store, progress("train", len(todo)))
+    tasks = [TrainTask(g) for g in groups(todo, registry, batching)]
+    engine.run(tasks, setup_for(Worker(registry, data, device, batching)), stage.on_done)
+    return {"trained": stage.counts["trained"], "failed": stage.counts["failed"],
+            "workers": len(stage.workers)}
 
 
 def _describe(spec: ModelSpec) -> str:
@@ -200,75 +100,82 @@ def _describe(spec: ModelSpec) -> str:
     return " ".join(f"{names[k]}={v}" for k, v in spec.hparams.items())[:60] or spec.key
 
 
+def suite_measures(suite: Suite, registry: Registry) -> list[tuple[str, dict[str, Any], str, dict]]:
+    """(name, raw params, version, identity params) of each measure of the suite."""
+    out = []
+    for name, raw in suite.measures.items():
+        cls = registry.get("measure", name).cls
+        out.append((name, dict(raw), str(cls.version), cls.Params(**raw).identity()))
+    return out
+
+
+def measure_settings(suite: Suite) -> dict[str, Any]:
+    """What the context resolves shared quantities with (the suite's estimator params)."""
+    return {"volume": suite.volume}
+
+
 def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, registry: Registry,
-                       device: str, progress: Progress, data: DataCache | None = None) -> dict[str, int]:
-    """Compute every (model, measure) value the store lacks; store each as soon as it exists."""
+                       device: str, progress: Progress, data: DataCache | None = None,
+                       executor: str | None = None, batching: bool = True,
+                       executor_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compute every (model, measure) value the store lacks, or holds computed from
+    lookups that now resolve otherwise (a changed estimator param, say); one task per
+    model, each value stored as soon as its task returns."""
+    engine = make_executor(suite, registry, executor, executor_params)
     data = data or DataCache(registry)
-    measures = measure_entries(suite, registry)
-    done = {m["key"]: m for m in store.models() if m["status"] == "done"}
-    work = []
-    for spec in specs:
-        if spec.key not in done:
-            continue
-        missing = [(e, inst, measure_key(spec.key, mat), mat) for e, inst, mat in measures]
-        missing = [m for m in missing if store.result(m[2]) is None]
-        if missing:
-            work.append((spec, missing))
-    counts = {"computed": 0, "reused": len(done.keys() & {s.key for s in specs}) * len(measures)}
-    total = sum(len(m) for _, m in work)
-    if not total:
-        return counts
-    advance = progress("measure", total)
-    settings = {"volume": suite.volume}
-    with torch_threads(sensible_threads()):
-        _measure_work(work, store, registry, device, data, settings, advance, counts)
-    return counts
-
-
-def _measure_work(work: list, store: Store, registry: Registry, device: str, data: DataCache,
-                  settings: dict[str, Any], advance: Callable[[str], None],
-                  counts: dict[str, int]) -> None:
-    from genbench.context import MeasureContext
-
-    for spec, missing in work:
-        init, final = store.load_weights(spec.key)
-        ctx = MeasureContext(key=spec.key, hparams=spec.hparams, config=spec.config,
-                             data=data.get(spec.config), registry=registry, store=store,
-                             init_state=init, final_state=final, device=device, settings=settings)
-        for entry, inst, rkey, mat in missing:
-            t0 = time.perf_counter()
-            value, error = None, None
-            try:
-                value = float(inst.compute(ctx))
-                if not math.isfinite(value):
-                    error, value = f"non-finite value {value}", None
-            except Exception as exc:  # noqa: BLE001 - stored per model; the run goes on
-                error = f"{type(exc).__name__}: {exc}"
-            store.put_result(rkey, spec.key, "measure", entry.cls.name, mat["params"],
-                             entry.provenance, value=value, error=error,
-                             seconds=time.perf_counter() - t0)
-            counts["computed"] += 1
-            counts["reused"] -= 1
-            advance(entry.cls.name)
+    measures = suite_measures(suite, registry)
+    settings = measure_settings(suite)
+    done = [s for s in specs if (store.model(s.key) or {}).get("status") == "done"]
+    rows: dict[str, dict[str, dict]] = {}
+    for r in store.results(model_keys=[s.key for s in done]):
+        rows.setdefault(r["model_key"], {})[r["key"]] = r
+    tasks = []
+    for spec in done:
+        mine = rows.get(spec.key, {})
+        todo = []
+        for name, raw, version, params in measures:
+            key = measure_key(spec.key, name, version, params)
+            row = mine.get(key)
+            if row is None or not still_valid(spec.key, row["provenance"].get("deps", []),
+                                              registry, settings):
+                todo.append((name, raw, key))
+        if todo:
+            known = {k: r for k, r in mine.items() if r["kind"] != "measure"}
+            tasks.append(MeasureTask(spec, todo, settings, str(store.weights_path(spec.key)), known))
+    total = len(done) * len(measures)
+    if not tasks:
+        return {"computed": 0, "reused": total, "workers": 0}
+    for spec in done:
+        data.get(spec.config)
+    stage = Stage("measure", store, progress("measure", sum(len(t) for t in tasks)))
+    engine.run(tasks, setup_for(Worker(registry, data, device, batching)), stage.on_done)
+    return {"computed": stage.counts["computed"], "reused": total - stage.counts["computed"],
+            "workers": len(stage.workers)}
 
 
 def collect(store: Store, suite: Suite, specs_keys: list[str], registry: Registry,
             ) -> list[dict[str, Any]]:
     """One row per trained model of the suite: hparams, metrics and the values of exactly
     the suite's measures (looked up by content key, so a value another suite stored
-    under other params is never shown)."""
-    measures = [(e.cls.name, mat) for e, _, mat in measure_entries(suite, registry)]
-    stored = {r["key"]: r["value"] for r in store.results(kind="measure", model_keys=specs_keys)}
+    under other params is never shown), and ``parts`` of the measures that have them."""
+    measures = [(name, version, params) for name, _, version, params in suite_measures(suite, registry)]
+    stored = {r["key"]: r for r in store.results(kind="measure", model_keys=specs_keys)}
     rows = []
     for m in store.models(specs_keys):
         if m["status"] != "done":
             continue
         met = m["metrics"]
-        rows.append({"key": m["key"], "hparams": m["hparams"], "seed": m["seed"],
-                     "train_loss": met["train_loss"], "test_loss": met["test_loss"],
-                     "train_acc": met["train_acc"], "test_acc": met["test_acc"],
-                     "gap": met["gap"], "acc_gap": met["acc_gap"], "epochs": met["epochs"],
-                     "measures": {n: stored.get(measure_key(m["key"], mat)) for n, mat in measures}})
+        values = {n: stored.get(measure_key(m["key"], n, v, p)) for n, v, p in measures}
+        row = {"key": m["key"], "hparams": m["hparams"], "seed": m["seed"],
+               "train_loss": met["train_loss"], "test_loss": met["test_loss"],
+               "train_acc": met["train_acc"], "test_acc": met["test_acc"],
+               "gap": met["gap"], "acc_gap": met["acc_gap"], "epochs": met["epochs"],
+               "measures": {n: r["value"] if r else None for n, r in values.items()}}
+        parts = {n: r["data"]["parts"] for n, r in values.items()
+                 if r and isinstance(r["data"], dict) and "parts" in r["data"]}
+        if parts:
+            row["parts"] = parts
+        rows.append(row)
     return rows
 
 
@@ -307,16 +214,25 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
     with Store(store) as st:
         run_id = st.start_run(suite.name, suite.model_dump(mode="json"), keys)
         data = DataCache(registry)
+        seconds: dict[str, float] = {}
+        t = time.perf_counter()
         trained = train_population(specs, suite, st, registry, device, progress, executor, data,
                                    batching, executor_params)
-        measured = measure_population(specs, suite, st, registry, device, progress, data)
+        seconds["train"], t = time.perf_counter() - t, time.perf_counter()
+        measured = measure_population(specs, suite, st, registry, device, progress, data,
+                                      executor, batching, executor_params)
+        seconds["measure"], t = time.perf_counter() - t, time.perf_counter()
         rows = collect(st, suite, keys, registry)
         board = score_rows(rows, suite) if len(rows) >= 3 else None
+        seconds["score"] = time.perf_counter() - t
         failed = sum(1 for m in st.models(keys) if m["status"] == "failed")
         summary = {"models": len(specs), "trained": trained["trained"],
                    "reused": len(rows) - trained["trained"],
                    "failed": failed, "measures_computed": measured["computed"],
                    "measures_reused": measured["reused"],
+                   "measures_failed": sum(v is None for r in rows for v in r["measures"].values()),
+                   "workers": {"train": trained["workers"], "measure": measured["workers"]},
+                   "stage_seconds": {k: round(v, 3) for k, v in seconds.items()},
                    "seconds": round(time.perf_counter() - t0, 3)}
         result = build_result(suite, str(st.root), summary, rows, board)
         st.finish_run(run_id, summary)

@@ -124,9 +124,6 @@ class Store:
             out = [by_key[k] for k in keys if k in by_key]
         return out
 
-    def done_keys(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT key FROM models WHERE status='done'")}
-
     def load_weights(self, key: str) -> tuple[dict, dict]:
         """(initial state_dict, final state_dict) of a stored model."""
         from safetensors.torch import load_file

@@ -1,37 +1,35 @@
-"""Built-in executors: how a population's training jobs are run.
+"""Built-in executors: how a stage's tasks (train a group, measure a model) are run.
 
-- ``local``: in this process, group after group (each group one stacked
-  computation when batching is on), with a thread count fitted to the idle cores.
+- ``local``: in this process, task after task, with a thread count fitted to the
+  idle cores.
 - ``process``: a pool of worker processes across the cores (or one per GPU); each
-  worker rebuilds the plugin registry itself and gets the datasets this process
-  loaded (pickled once), and every group's results come back to this process,
-  which stores them as they arrive.
-- ``ray``: one Ray task per group on a Ray cluster (``address='auto'``) or a local
-  instance, GPUs requested per task when training on CUDA; results are stored as
-  each task finishes, so an interrupted cluster run resumes like any other.
+  worker builds its :class:`genbench.tasks.Worker` once from the setup (its own
+  registry, the datasets this process loaded, pickled once).
+- ``ray``: one Ray task per genbench task on a Ray cluster (``address='auto'``) or a
+  local instance, GPUs requested per task when running on CUDA (training and
+  measuring alike); a task's weights travel with it, so a node need not see the store.
 
-Every executor hands each result to ``on_done`` in the calling process as soon as
-its group finishes: the store is only ever written from there.
+An executor uses only what :class:`genbench.components.Executor` lists; every one
+hands each task's records to ``on_done`` in the calling process as soon as the task
+finishes: the store is only ever written from there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import os
 import pickle
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
 
 import genbench
 from genbench.components import Executor, Params
+from genbench.tasks import WorkerSetup, balance, execute, pack, portable
 from genbench.threads import sensible_threads, torch_threads, usable_cores
 
 
 class LocalExecutor(Executor):
-    """In-process, group after group; each result is stored before the next group starts."""
+    """In-process, task after task; each task's records are stored before the next starts."""
 
     name = "local"
     version = "1"
@@ -39,151 +37,36 @@ class LocalExecutor(Executor):
     class Params(Params):
         threads: int | None = Field(None, ge=1, description="torch threads (default: the idle usable cores)")
 
-    def run(self, jobs, train, on_done):
+    def run(self, tasks, setup, on_done):
+        worker = setup.worker()
         with torch_threads(self.params.threads or sensible_threads()):
-            for group in train.groups(jobs):
-                for job, result in zip(group, train.train_group(group)):
-                    on_done(job, result)
-
-
-# -- what a worker (process or Ray task) needs to rebuild the trainer ---------------
-@dataclass(frozen=True)
-class WorkerSetup:
-    """Picklable recipe for a worker's Trainer: the worker loads the registry itself
-    (entry points, under the inherited GENBENCH_PLUGINS settings) and imports any
-    plugin the caller added by hand (``load_registry(extra=...)``) by module name."""
-
-    extra_plugins: tuple[tuple[str, str, str], ...]  # (plugin name, module, version)
-    batching: bool
-    threads: int
-
-
-def extra_plugins(registry: Any) -> tuple[tuple[str, str, str], ...]:
-    """Plugins of ``registry`` that a fresh ``get_registry()`` would not load."""
-    from genbench.plugins import load_registry
-
-    fresh = load_registry()
-    modules: dict[str, str] = {}
-    for table in registry.components.values():
-        for entry in table.values():
-            modules.setdefault(entry.plugin, entry.cls.__module__)
-    return tuple((name, modules[name], info.version) for name, info in registry.plugins.items()
-                 if name not in fresh.plugins and name in modules)
-
-
-def worker_registry(setup: WorkerSetup) -> Any:
-    from genbench.plugins import get_registry
-
-    registry = get_registry()
-    for name, module, version in setup.extra_plugins:
-        if name not in registry.plugins:
-            registry.add_plugin(importlib.import_module(module), name, version)
-    return registry
-
-
-class PreloadedData:
-    """A worker's data: the bundles the caller already loaded (sent once, pickled),
-    else loaded here through the registry like ``DataCache``."""
-
-    def __init__(self, registry: Any, bundles: dict[str, Any]):
-        from genbench.runner import DataCache
-
-        self.cache, self.bundles = DataCache(registry), bundles
-
-    def get(self, config: dict[str, Any]) -> Any:
-        from genbench.population import dataset_key
-
-        key = dataset_key(config, self.cache.registry)
-        return self.bundles[key] if key in self.bundles else self.cache.get(config)
-
-
-def preload(train: Any, jobs: list[Any]) -> dict[str, Any]:
-    """The jobs' datasets, loaded once here (the measure stage needs them anyway) so
-    that workers need not generate them again; bundles that cannot be pickled (an
-    ``augment`` closure) are left for the workers to load."""
-    from genbench.population import dataset_key
-
-    out: dict[str, Any] = {}
-    for job in jobs:
-        key = dataset_key(job.config, train.registry)
-        if key not in out:
-            bundle = train.data.get(job.config)
-            try:
-                pickle.dumps(bundle)
-            except Exception:  # noqa: BLE001
-                continue
-            out[key] = bundle
-    return out
-
-
-def make_trainer(setup: WorkerSetup, device: str, bundles: dict[str, Any] | None = None) -> Any:
-    from genbench.runner import Trainer
-
-    registry = worker_registry(setup)
-    return Trainer(registry, PreloadedData(registry, bundles or {}), device, setup.batching)
-
-
-def pack_results(results: list[Any]) -> bytes:
-    """Results as plain pickle bytes: tensors travel inline (no shared-memory file
-    descriptors to leak), and an exception that cannot be pickled becomes a
-    RuntimeError with its type and message."""
-    safe = []
-    for r in results:
-        if isinstance(r, BaseException):
-            try:
-                pickle.loads(pickle.dumps(r))
-            except Exception:  # noqa: BLE001
-                r = RuntimeError(f"{type(r).__name__}: {r}")
-        safe.append(r)
-    return pickle.dumps(safe)
-
-
-def train_packed(trainer: Any, group: list[Any]) -> bytes:
-    try:
-        results = trainer.train_group(group)
-    except Exception as exc:  # noqa: BLE001 - recorded per model, the run goes on
-        results = [exc] * len(group)
-    return pack_results(results)
-
-
-def balance(groups: list[list[Any]], workers: int) -> list[list[Any]]:
-    """Split the largest groups in halves until every worker has one, largest first
-    (a stack trains fastest whole, but an idle worker trains nothing)."""
-    groups = [list(g) for g in groups]
-    while len(groups) < workers:
-        big = max(range(len(groups)), key=lambda i: len(groups[i]), default=None)
-        if big is None or len(groups[big]) < 2:
-            break
-        g = groups.pop(big)
-        groups += [g[:len(g) // 2], g[len(g) // 2:]]
-    return sorted(groups, key=len, reverse=True)
+            for task in tasks:
+                on_done(task, execute(task, worker))
 
 
 # -- process pool -------------------------------------------------------------------
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(devices: Any, default_device: str, setup: WorkerSetup,
-                 bundles: dict[str, Any]) -> None:
+def _init_worker(devices: Any, default_device: str, setup: WorkerSetup, threads: int) -> None:
     import signal
 
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
-    torch.set_num_threads(setup.threads)
+    torch.set_num_threads(threads)
     # Each worker takes one device; a worker the pool restarts reuses the first.
     try:
-        _WORKER["trainer"] = make_trainer(setup, default_device if devices.empty()
-                                          else devices.get(), bundles)
+        _WORKER["worker"] = setup.worker(default_device if devices.empty() else devices.get())
     except Exception as exc:  # noqa: BLE001 - raising here would make the pool restart it forever
         _WORKER["error"] = f"{type(exc).__name__}: {exc}"
 
 
-def _train_in_worker(item: tuple[int, list[Any]]) -> tuple[int, bytes]:
-    if "error" in _WORKER:  # the environment, not a model, is broken: stop the run with it
+def _run_in_worker(item: tuple[int, Any]) -> tuple[int, bytes]:
+    if "error" in _WORKER:  # the environment, not a task, is broken: stop the run with it
         raise RuntimeError(f"process executor: a worker could not start: {_WORKER['error']}")
-    index, group = item
-    return index, train_packed(_WORKER["trainer"], group)
+    index, task = item
+    return index, pack(execute(task, _WORKER["worker"]))
 
 
 def gpu_count(device: str) -> int:
@@ -207,48 +90,41 @@ class ProcessExecutor(Executor):
                                   description="multiprocessing start method (spawn is safe with "
                                   "threads and CUDA)")
 
-    def run(self, jobs, train, on_done):
+    def run(self, tasks, setup, on_done):
         import multiprocessing
 
         # "cuda" spreads the workers over every GPU; an explicit "cuda:N" keeps them on N.
-        gpus = gpu_count(train.device) if train.device == "cuda" else 0
-        workers = self.params.workers or gpus or (1 if train.device.startswith("cuda")
+        gpus = gpu_count(setup.device) if setup.device == "cuda" else 0
+        workers = self.params.workers or gpus or (1 if setup.device.startswith("cuda")
                                                   else usable_cores())
-        groups = balance(train.groups(jobs), workers)
-        workers = max(1, min(workers, len(groups)))
-        if gpus:
-            devices = [f"cuda:{i % gpus}" for i in range(workers)]
-        else:
-            devices = [train.device] * workers
+        tasks = balance(tasks, workers)
+        workers = max(1, min(workers, len(tasks)))
+        devices = [f"cuda:{i % gpus}" for i in range(workers)] if gpus else [setup.device] * workers
         threads = self.params.threads or max(1, usable_cores() // workers)
-        setup = WorkerSetup(extra_plugins(train.registry), train.batching, threads)
         ctx = multiprocessing.get_context(self.params.start_method)
         device_queue = ctx.SimpleQueue()
         for d in devices:
             device_queue.put(d)
         with ctx.Pool(workers, initializer=_init_worker,
-                      initargs=(device_queue, devices[0], setup, preload(train, jobs))) as pool:
-            for index, packed in pool.imap_unordered(_train_in_worker, list(enumerate(groups))):
-                for job, result in zip(groups[index], pickle.loads(packed)):
-                    on_done(job, result)
+                      initargs=(device_queue, devices[0], setup, threads)) as pool:
+            for index, packed in pool.imap_unordered(_run_in_worker, list(enumerate(tasks))):
+                on_done(tasks[index], pickle.loads(packed))
 
 
 # -- Ray ----------------------------------------------------------------------------
-def _ray_train(group: list[Any], device: str, setup: WorkerSetup,
-               bundles: dict[str, Any]) -> bytes:
-    """One Ray task: train a group (the worker keeps its trainer and data between tasks;
-    ``bundles`` arrive once per worker through Ray's object store)."""
+def _ray_run(task: Any, device: str, setup: WorkerSetup, threads: int) -> bytes:
+    """One Ray task (the Ray worker keeps its genbench worker, registry and datasets,
+    between tasks; ``setup`` arrives once per worker through Ray's object store)."""
     import torch
 
-    torch.set_num_threads(setup.threads)
-    key = (setup, device, tuple(sorted(bundles)))
-    if _WORKER.get("ray_key") != key:
-        _WORKER["ray_key"], _WORKER["ray_trainer"] = key, make_trainer(setup, device, bundles)
-    return train_packed(_WORKER["ray_trainer"], group)
+    torch.set_num_threads(threads)
+    if _WORKER.get("ray_key") != (setup.token, device):
+        _WORKER["ray_key"], _WORKER["ray_worker"] = (setup.token, device), setup.worker(device)
+    return pack(execute(task, _WORKER["ray_worker"]))
 
 
 class RayExecutor(Executor):
-    """A Ray cluster or local instance: one task per group, stored as each task finishes."""
+    """A Ray cluster or local instance: one Ray task per task, stored as each finishes."""
 
     name = "ray"
     version = "1"
@@ -258,11 +134,11 @@ class RayExecutor(Executor):
                                     "cluster, or 'ray://host:port'); default: the Ray instance "
                                     "this process already started, else a new local one")
         num_cpus: float = Field(1, gt=0, description="CPUs per task (also its torch threads)")
-        num_gpus: float | None = Field(None, ge=0, description="GPUs per task (default: 1 when "
-                                       "training on cuda, else 0)")
+        num_gpus: float | None = Field(None, ge=0, description="GPUs per task, training or "
+                                       "measuring (default: 1 on cuda, else 0)")
         temp_dir: str | None = Field(None, description="where a new local instance keeps its files")
 
-    def run(self, jobs, train, on_done):
+    def run(self, tasks, setup, on_done):
         try:
             import ray
         except ImportError:
@@ -276,28 +152,26 @@ class RayExecutor(Executor):
                 kwargs["_temp_dir"] = self.params.temp_dir
             ray.init(**kwargs)
             started = True
-        on_gpu = train.device.startswith("cuda")
+        on_gpu = setup.device.startswith("cuda")
         gpus = self.params.num_gpus if self.params.num_gpus is not None else (1 if on_gpu else 0)
-        # Ray shows a task only its GPUs (CUDA_VISIBLE_DEVICES): it trains on "cuda".
-        device = "cuda" if on_gpu and gpus else train.device
-        setup = WorkerSetup(extra_plugins(train.registry), train.batching,
-                            max(1, int(self.params.num_cpus)))
-        task = ray.remote(_ray_train).options(num_cpus=self.params.num_cpus, num_gpus=gpus)
-        pending: dict[Any, list[Any]] = {}
+        # Ray shows a task only its GPUs (CUDA_VISIBLE_DEVICES): it runs on "cuda".
+        device = "cuda" if on_gpu and gpus else setup.device
+        remote = ray.remote(_ray_run).options(num_cpus=self.params.num_cpus, num_gpus=gpus)
+        threads = max(1, int(self.params.num_cpus))
+        pending: dict[Any, Any] = {}
         try:
-            bundles = ray.put(preload(train, jobs))
-            for group in train.groups(jobs):
-                pending[task.remote(group, device, setup, bundles)] = group
+            setup_ref = ray.put(setup)
+            for task in tasks:  # weights travel with a task: a node need not see the store
+                pending[remote.remote(portable(task), device, setup_ref, threads)] = task
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    group = pending.pop(ref)
+                    task = pending.pop(ref)
                     try:
-                        results = pickle.loads(ray.get(ref))
-                    except Exception as exc:  # noqa: BLE001 - a crashed task fails its group only
-                        results = [exc] * len(group)
-                    for job, result in zip(group, results):
-                        on_done(job, result)
+                        records = pickle.loads(ray.get(ref))
+                    except Exception as exc:  # noqa: BLE001 - a crashed task fails only itself
+                        records = task.failed(f"{type(exc).__name__}: {exc}")
+                    on_done(task, records)
         finally:
             for ref in pending:
                 with contextlib.suppress(Exception):

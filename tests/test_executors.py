@@ -4,6 +4,7 @@ and a run interrupted after its first stored model resumes without retraining it
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from genbench.plugins import load_registry
 from genbench.population import expand
-from genbench.runner import DataCache, Trainer, train_population
+from genbench.runner import DataCache, measure_population, train_population
 from genbench.store import Store
 from genbench.suite import Suite
 from tests import blobs
@@ -59,12 +60,12 @@ def interrupted_then_resumed(executor: str, store_dir: Path, registry, params=No
         assert [m["status"] for m in st.models()] == ["done"]  # the first result was kept
         counts = train_population(specs, suite, st, registry, "cpu", Interrupt(None), executor,
                                   executor_params=params)
-        assert counts == {"trained": len(specs) - 1, "failed": 0}  # nothing retrained
+        assert (counts["trained"], counts["failed"]) == (len(specs) - 1, 0)  # nothing retrained
         assert sorted(m["key"] for m in st.models()) == sorted(s.key for s in specs)
         assert all(m["status"] == "done" for m in st.models())
         again = train_population(specs, suite, st, registry, "cpu", Interrupt(None), executor,
                                  executor_params=params)
-        assert again == {"trained": 0, "failed": 0}
+        assert again == {"trained": 0, "failed": 0, "workers": 0}
     return Store(store_dir)
 
 
@@ -94,19 +95,25 @@ def test_local_executor_sets_and_restores_threads():
 
     seen = []
 
-    class Recorder:
-        def groups(self, jobs):
-            return [jobs]
+    class Task:
+        stage = "train"
 
-        def train_group(self, group):
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, worker):
             seen.append(torch.get_num_threads())
-            return [None] * len(group)
+            return [{"type": "probe", "name": self.name}]
+
+    class Setup:
+        def worker(self, device=None):
+            return None
 
     before = torch.get_num_threads()
     done = []
-    LocalExecutor(LocalExecutor.Params(threads=3)).run(["a", "b"], Recorder(),
-                                                       lambda j, r: done.append(j))
-    assert seen == [3] and done == ["a", "b"]
+    LocalExecutor(LocalExecutor.Params(threads=3)).run([Task("a"), Task("b")], Setup(),
+                                                       lambda t, r: done.append(r[0]["name"]))
+    assert seen == [3, 3] and done == ["a", "b"]
     assert torch.get_num_threads() == before
 
 
@@ -124,23 +131,28 @@ def test_sensible_threads_leaves_busy_cores_alone(monkeypatch):
     assert executors.sensible_threads(8) == 2
 
 
-def test_balance_gives_every_worker_a_group():
-    from genbench_plugins.executors import balance
+def test_balance_gives_every_worker_a_task():
+    from genbench.tasks import TrainTask, balance
 
-    assert [len(g) for g in balance([[1, 2, 3, 4, 5, 6]], 2)] == [3, 3]
-    assert [len(g) for g in balance([[1, 2, 3, 4], [5]], 4)] == [2, 1, 1, 1]
-    assert [len(g) for g in balance([[1], [2]], 4)] == [1, 1]  # nothing left to split
-    parts = balance([list(range(10)), list(range(10, 13))], 3)
-    assert sorted(x for g in parts for x in g) == list(range(13))
+    sizes = lambda tasks: [len(t) for t in tasks]  # noqa: E731
+    assert sizes(balance([TrainTask([1, 2, 3, 4, 5, 6])], 2)) == [3, 3]
+    assert sizes(balance([TrainTask([1, 2, 3, 4]), TrainTask([5])], 4)) == [2, 1, 1, 1]
+    assert sizes(balance([TrainTask([1]), TrainTask([2])], 4)) == [1, 1]  # nothing left to split
+    parts = balance([TrainTask(list(range(10))), TrainTask(list(range(10, 13)))], 3)
+    assert sorted(x for t in parts for x in t.specs) == list(range(13))
 
 
 def test_workers_rebuild_a_registry_with_hand_added_plugins(registry):
-    from genbench_plugins.executors import WorkerSetup, extra_plugins, worker_registry
+    import pickle
+
+    from genbench.tasks import DataCache, Worker, extra_plugins, setup_for
 
     extra = extra_plugins(registry)
     assert extra == (("test_blobs_data", "tests.blobs", "unknown"),)
-    rebuilt = worker_registry(WorkerSetup(extra, True, 1))
-    assert rebuilt.get("dataset", "blobs").cls is blobs.Blobs
+    setup = setup_for(Worker(registry, DataCache(registry), "cpu"))
+    assert setup.worker().registry is registry  # in the driver: the driver's own worker
+    rebuilt = pickle.loads(pickle.dumps(setup)).worker().registry  # what a worker process gets
+    assert rebuilt is not registry and rebuilt.get("dataset", "blobs").cls is blobs.Blobs
     assert set(rebuilt.names("executor")) >= {"local", "process", "ray"}
 
 
@@ -155,32 +167,45 @@ def test_process_executor_trains_stores_and_resumes(tmp_path, registry):
     assert_same_weights(weights(tmp_path / "p"), weights(tmp_path / "l"))
 
 
-def test_worker_results_travel_as_plain_pickles(registry):
-    """What a worker sends back: every model's result or error, even an error that
-    cannot be pickled, or one raised by the whole group."""
+def test_a_task_that_raises_fails_only_itself(registry):
+    """execute() turns a task's exception into its failure records, stamped with the
+    worker; the records travel as plain pickles."""
     import pickle
 
-    from genbench_plugins.executors import pack_results, train_packed
+    from genbench.tasks import DataCache, TrainTask, Worker, execute, pack
 
     specs = expand(tiny_suite(), registry)
-    trainer = Trainer(registry, DataCache(registry), "cpu")
+    worker = Worker(registry, DataCache(registry), "cpu")
 
-    class Unpicklable(Exception):
-        def __reduce__(self):
-            raise TypeError("no pickling")
-
-    back = pickle.loads(pack_results([Unpicklable("boom"), ValueError("bad")]))
-    assert isinstance(back[0], RuntimeError) and "Unpicklable: boom" in str(back[0])
-    assert isinstance(back[1], ValueError)
-
-    class Broken:
-        def train_group(self, group):
+    class Broken(TrainTask):
+        def run(self, worker):
             raise OSError("disk gone")
 
-    back = pickle.loads(train_packed(Broken(), specs[:2]))
-    assert [type(r) for r in back] == [OSError, OSError]
-    trained = pickle.loads(train_packed(trainer, specs[:2]))
-    assert [type(r).__name__ for r in trained] == ["TrainResult", "TrainResult"]
+    failed = execute(Broken(specs[:2]), worker)
+    assert [(r["type"], r["error"]) for r in failed] == [("model_failed", "OSError: disk gone")] * 2
+    trained = pickle.loads(pack(execute(TrainTask(specs[2:]), worker)))
+    assert [r["type"] for r in trained] == ["model", "model"]
+    assert {r["worker"] for r in failed + trained} == {f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def measured(store_dir: Path, registry, executor: str, params=None) -> dict[str, float]:
+    suite = tiny_suite().model_copy(update={"measures": {"frobenius_distance": {},
+                                                         "pac_sharpness": {"depth": 3, "draws": 2, "eps": 0.5}}})
+    specs = expand(suite, registry)
+    with Store(store_dir) as st:
+        train_population(specs, suite, st, registry, "cpu", Interrupt(None))
+        counts = measure_population(specs, suite, st, registry, "cpu", Interrupt(None),
+                                    executor=executor, executor_params=params)
+        assert counts["computed"] == 2 * len(specs)
+        values = {(r["model_key"], r["name"]): r["value"] for r in st.results(kind="measure")}
+    return counts, values
+
+
+def test_process_executor_measures_in_its_workers_bit_identical_to_local(tmp_path, registry):
+    local_counts, local = measured(tmp_path / "l", registry, "local")
+    counts, values = measured(tmp_path / "p", registry, "process", {"workers": 2, "threads": 1})
+    assert (local_counts["workers"], counts["workers"]) == (1, 2)
+    assert values == local and None not in values.values()
 
 
 def test_ray(tmp_path, monkeypatch):

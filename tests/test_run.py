@@ -32,6 +32,8 @@ def test_run_json_contract(first_run):
     s = result["summary"]
     assert (s["models"], s["trained"], s["reused"], s["failed"]) == (N_MODELS, N_MODELS, 0, 0)
     assert s["measures_computed"] == 3 * N_MODELS and s["measures_reused"] == 0
+    assert s["measures_failed"] == 0 and s["workers"] == {"train": 1, "measure": 1}
+    assert set(s["stage_seconds"]) == {"train", "measure", "score"}
     assert set(result) >= {"suite", "store", "summary", "models", "leaderboard"}
     for m in result["models"]:
         assert set(m) >= {"key", "hparams", "train_loss", "test_loss", "train_acc", "test_acc",
@@ -95,7 +97,7 @@ def test_interrupted_run_resumes_without_losing_work(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         genbench.run(suite, store=store, device="cpu", progress=interrupting_progress("train", 1))
     with Store(store) as st:
-        assert len(st.done_keys()) == 1  # the model finished before the interrupt is kept
+        assert [m["status"] for m in st.models()] == ["done"]  # finished before the interrupt: kept
     with pytest.raises(KeyboardInterrupt):
         genbench.run(suite, store=store, device="cpu", progress=interrupting_progress("measure", 5))
     resumed = genbench.run(suite, store=store, device="cpu")
@@ -182,3 +184,81 @@ def test_equal_grid_values_are_rejected(tmp_path):
         '"model.width" = [8, 16]', '"model.width" = [8]\n"train.lr" = [1, 1.0]'))
     with pytest.raises(SuiteError, match="describe the same model"):
         genbench.run(suite, store=tmp_path / "s", device="cpu")
+
+
+def plugin_registry(*measures: type) -> object:
+    mod = types.ModuleType("run_test_measures")
+    mod.register_measures = genbench.hookimpl(lambda register: [register(m) for m in measures])
+    return load_registry(extra=[("run_test_measures", mod)])
+
+
+class NeedlessVolume(Measure):
+    """Reads a volume without declaring it in ``needs``."""
+
+    name = "needless_volume"
+
+    def compute(self, ctx):
+        return -ctx.volume("laplace")["log_vol_sum"]
+
+
+def test_an_undeclared_volume_lookup_is_recomputed_when_its_params_change(tmp_path):
+    """The dependency is recorded while the measure runs: a rerun under another Laplace
+    damping recomputes the value (and only it), which then equals a fresh estimate
+    under the new damping."""
+    from genbench.context import MeasureContext
+
+    registry = plugin_registry(NeedlessVolume)
+    text = TINY_SUITE.replace("spectral_norm = {}", "needless_volume = {}")
+    store = tmp_path / "s"
+    first = genbench.run(write_suite(tmp_path, text + "[volume.laplace]\ndamping = 1e-3\n"),
+                         store=store, device="cpu", registry=registry)
+    second = genbench.run(write_suite(tmp_path, text + "[volume.laplace]\ndamping = 1e-1\n"),
+                          store=store, device="cpu", registry=registry)
+    assert second["summary"]["measures_computed"] == N_MODELS  # the other two are reused
+    with Store(store) as st:
+        for before, after in zip(first["models"], second["models"]):
+            m = st.model(after["key"])
+            init, final = st.load_weights(m["key"])
+            from genbench.runner import DataCache
+
+            fresh = MeasureContext(key=m["key"], hparams=m["hparams"], config=m["config"],
+                                   data=DataCache(registry).get(m["config"]), registry=registry,
+                                   store=None, init_state=init, final_state=final,
+                                   settings={"volume": {"laplace": {"damping": 0.1}}})
+            truth = -fresh.volume("laplace")["log_vol_sum"]
+            assert after["measures"]["needless_volume"] == truth
+            assert before["measures"]["needless_volume"] != truth
+
+
+class Split(Measure):
+    """A value with parts (a sum of two named terms)."""
+
+    name = "split"
+
+    def compute(self, ctx):
+        a, b = float(len(ctx.weight_names())), float(ctx.hparams["model.width"])
+        return {"value": a + b, "parts": {"layers": a, "width": b}}
+
+
+class BadDict(Measure):
+    name = "bad_dict"
+
+    def compute(self, ctx):
+        return {"val": 1.0}
+
+
+def test_values_with_parts_are_stored_and_shown(tmp_path):
+    registry = plugin_registry(Split, BadDict)
+    suite = write_suite(tmp_path, TINY_SUITE.replace("spectral_norm = {}",
+                                                     "split = {}\nbad_dict = {}"))
+    result = genbench.run(suite, store=tmp_path / "s", device="cpu", registry=registry)
+    for m in result["models"]:
+        width = m["hparams"]["model.width"]
+        assert m["measures"]["split"] == 2.0 + width  # a depth-1 MLP: two weight matrices
+        assert m["parts"] == {"split": {"layers": 2.0, "width": float(width)}}
+        assert m["measures"]["bad_dict"] is None
+    assert result["summary"]["measures_failed"] == N_MODELS
+    with Store(tmp_path / "s") as st:
+        errors = {r["error"] for r in st.results(kind="measure") if r["name"] == "bad_dict"}
+    assert errors == {"TypeError: a measure returns a number or {'value': number, 'parts': "
+                      "{name: number}}, not a dict with keys ['val']"}
