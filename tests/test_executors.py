@@ -3,6 +3,7 @@ and a run interrupted after its first stored model resumes without retraining it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -228,3 +229,125 @@ def test_ray(tmp_path, monkeypatch):
         ray_mod.shutdown()
     assert home_token.exists() == had_home_token
     assert any((tmp_path / "r").iterdir())
+
+
+CLUSTER_SUITE = """
+name = "cluster"
+seeds = [0]
+[dataset]
+name = "digits"
+[model]
+name = "mlp"
+params = { width = 8, depth = 1 }
+[train]
+lr = 0.1
+batch_size = 128
+max_epochs = 2
+[grid]
+"model.width" = [8, 16]
+"train.lr" = [0.05, 0.1]
+[measures]
+frobenius_distance = {}
+path_norm = {}
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Ray's workers leave their parent's process group)."""
+    import subprocess
+
+    table = [line.split() for line in subprocess.run(["ps", "-eo", "pid=,ppid="], text=True,
+                                                     capture_output=True).stdout.splitlines()]
+    children: dict[int, list[int]] = {}
+    for child, parent in table:
+        children.setdefault(int(parent), []).append(int(child))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop(node) -> None:
+    """SIGTERM the node and every process it started, then SIGKILL what is left."""
+    import signal
+    import time
+
+    pids = [node.pid, *descendants(node.pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + 10
+        while node.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+
+
+WAIT_FOR_TWO_NODES = """
+import sys, time, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+deadline = time.time() + float(sys.argv[2])
+while ray.cluster_resources().get("CPU", 0) < 2 and time.time() < deadline:
+    time.sleep(0.5)
+print(int(ray.cluster_resources().get("CPU", 0)))
+"""
+
+
+def test_two_node_ray_cluster(tmp_path):
+    """A real cluster: a head and a second node (`ray start --address`), one CPU each.
+    `genbench run --executor ray --address` trains and measures on the cluster's
+    workers (two processes measured: one per node); a local rerun reuses everything.
+    Every process the nodes started is stopped by its id at the end."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    ray = pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    token = tmp_path / "token"
+    token.write_text(os.urandom(32).hex())
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1",
+                 "--disable-usage-stats"]
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    # Ray's socket paths must stay under 107 bytes: its files go to a short directory,
+    # linked from tmp_path and removed at the end.
+    ray_dir = Path(tempfile.mkdtemp(prefix="gbray", dir="/tmp"))
+    (tmp_path / "ray").symlink_to(ray_dir)
+    nodes = []
+    log = open(tmp_path / "ray.log", "w")
+    genbench = [sys.executable, "-m", "genbench.cli", "run", str(tmp_path / "cluster.toml"),
+                "--store", str(tmp_path / "s"), "--device", "cpu"]
+    (tmp_path / "cluster.toml").write_text(CLUSTER_SUITE)
+    try:
+        nodes.append(subprocess.Popen(ray_start + ["--head", "--port", str(port), "--temp-dir",
+                                                   str(ray_dir), "--include-dashboard", "false"],
+                                      env=env, stdout=log, stderr=log))
+        nodes.append(subprocess.Popen(ray_start + ["--address", address], env=env, stdout=log,
+                                      stderr=log))
+        up = subprocess.run([sys.executable, "-c", WAIT_FOR_TWO_NODES, address, "120"], env=env,
+                            capture_output=True, text=True, timeout=240)
+        assert up.stdout.strip().endswith("2"), f"two nodes did not come up: {up.stderr[-800:]}"
+        run = subprocess.run(genbench + ["--executor", "ray", "--address", address, "--json",
+                                         str(tmp_path / "ray.json")], env=env, capture_output=True,
+                             text=True, timeout=240)
+        assert run.returncode == 0, run.stderr[-2000:]
+    finally:
+        for node in reversed(nodes):
+            stop(node)
+        log.close()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    s = json.loads((tmp_path / "ray.json").read_text())["summary"]
+    assert (s["trained"], s["failed"], s["measures_computed"], s["measures_failed"]) == (4, 0, 8, 0)
+    assert s["workers"]["train"] >= 1 and s["workers"]["measure"] >= 2
+    rerun = subprocess.run(genbench + ["--executor", "local", "--json", str(tmp_path / "l.json")],
+                           env=env, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    s = json.loads((tmp_path / "l.json").read_text())["summary"]
+    assert (s["trained"], s["reused"], s["measures_computed"], s["measures_reused"]) == (0, 4, 0, 8)
