@@ -14,10 +14,10 @@ from torch import nn
 import genbench
 from genbench import context, sharpness
 from genbench.components import ModelFamily, Params, VolumeEstimator
-from genbench.context import MeasureContext
-from genbench.data import DataBundle
-from genbench.plugins import get_registry, load_registry
+from genbench.plugins import load_registry
 from genbench.taps import Tap, number_taps
+from genbench.testing import context as context_for
+from genbench.testing import mlp_config, tiny_data
 
 # One thread: the machine is shared, and oversubscribed threads make tiny models crawl.
 pytestmark = pytest.mark.usefixtures("torch_threads")
@@ -25,43 +25,10 @@ pytestmark = pytest.mark.usefixtures("torch_threads")
 # -- helpers ---------------------------------------------------------------------------
 
 
-def tiny_data(n_train=48, d=5, n_classes=3, seed=0, shape=None):
-    g = torch.Generator().manual_seed(seed)
-    shape = shape or (d,)
-    x = torch.randn((n_train, *shape), generator=g)
-    y = torch.randint(0, n_classes, (n_train,), generator=g)
-    xt = torch.randn((16, *shape), generator=g)
-    yt = torch.randint(0, n_classes, (16,), generator=g)
-    return DataBundle("tiny", x, y, xt, yt, n_classes)
-
-
-def mlp_config(**params):
-    return {"dataset": {"name": "tiny", "params": {}}, "model": {"name": "mlp", "params": params},
-            "regularizers": {}}
-
-
 def make_ctx(config, data, registry=None, final=None, init=None, seed=0, settings=None,
              trained_steps=0, store=None):
-    """A context for a freshly built model; ``final``/``init`` override its state entries
-    (``trained_steps`` > 0 first fits the model a little so it sits near a minimum)."""
-    from genbench.training import build_model
-
-    registry = registry or get_registry()
-    torch.manual_seed(seed)
-    model = build_model(registry, config, data).model
-    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if trained_steps:
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        for _ in range(trained_steps):
-            opt.zero_grad()
-            F.cross_entropy(model(data.train_x), data.train_y).backward()
-            opt.step()
-    final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    init_state.update(init or {})
-    final_state.update(final or {})
-    return MeasureContext(key="m0", hparams={}, config=config, data=data, registry=registry,
-                          store=store, init_state=init_state, final_state=final_state,
-                          device="cpu", settings=settings or {})
+    """:func:`genbench.testing.context`, untrained unless asked."""
+    return context_for(config, data, registry, final, init, seed, settings, trained_steps, store)
 
 
 def measure(name, ctx, **params):

@@ -5,8 +5,7 @@ import math
 
 from pydantic import Field
 
-import genbench
-from genbench.components import Measure, Params
+from genbench import Measure, Params, hookimpl
 
 
 class WeightCount(Measure):
@@ -23,6 +22,6 @@ class WeightCount(Measure):
         return self.params.scale * math.log(n)
 
 
-@genbench.hookimpl
+@hookimpl
 def register_measures(register):
     register(WeightCount)
