@@ -164,7 +164,8 @@ class MeasureContext:
         vol_per_dim}}), ``log_vol_sum``, ``vol_per_dim_mean``, plus the estimator's own."""
         entry = self.registry.get("volume_estimator", estimator)
         dep = keys.volume_lookup(self.key, estimator, self.registry, self.settings)
-        est = entry.cls(entry.cls.Params(**self.settings.get("volume", {}).get(estimator, {})))
+        est = self.registry.create("volume_estimator", estimator,
+                                   self.settings.get("volume", {}).get(estimator, {}))
 
         def compute() -> dict[str, Any]:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):

@@ -67,11 +67,14 @@ def register_volume_estimators(register: Register) -> None:
 def register_measures(register: Register) -> None:
     """Register :class:`genbench.components.Measure` subclasses.
 
-    ``compute(ctx)`` returns a float where bigger predicts worse generalization.
-    ``ctx`` is a :class:`genbench.context.MeasureContext`.
+    ``compute(ctx)`` returns a float where bigger predicts worse generalization, or
+    ``{"value": float, "parts": {name: float}}``. ``ctx`` is a
+    :class:`genbench.context.MeasureContext`; every shared quantity it looks up is
+    recorded with the value (see :mod:`genbench.keys`).
     """
 
 
 @hookspec
 def register_executors(register: Register) -> None:
-    """Register :class:`genbench.components.Executor` subclasses (how a population is trained)."""
+    """Register :class:`genbench.components.Executor` subclasses: how a stage's tasks
+    (train a group, measure a model; :mod:`genbench.tasks`) are run."""

@@ -9,6 +9,7 @@ unchanged one is found in the store and never retrained.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from genbench import keys
@@ -29,8 +30,9 @@ class ModelSpec:
     config: dict[str, Any]  # resolved dataset/model/train/regularizers
     provenance: list[dict[str, str]] = field(default_factory=list)
 
-    @property
+    @cached_property
     def recipe(self) -> TrainRecipe:
+        """The training recipe, parsed once (the engines ask for it often)."""
         return TrainRecipe(**self.config["train"])
 
 
