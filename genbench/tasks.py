@@ -157,27 +157,36 @@ class WorkerSetup:
     processes and Ray tasks. A worker elsewhere loads the registry itself (entry
     points, under the inherited GENBENCH_PLUGINS) and imports any plugin the driver
     added by hand by module name; it starts with the datasets the driver loaded.
-    In the driver's own process, :meth:`worker` is the driver's worker itself."""
+    In the driver's own process, :meth:`worker` is the driver's worker itself
+    (what a worker elsewhere needs is worked out only when the setup is pickled)."""
 
     device: str
     batching: bool
-    extra_plugins: tuple[tuple[str, str, str], ...]  # (plugin name, module, version)
-    bundles: dict[str, Any]
     local: Worker | None = field(default=None, compare=False)
+    extra_plugins: tuple[tuple[str, str, str], ...] | None = None  # (plugin, module, version)
+    bundles: dict[str, Any] | None = None
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells setups apart in a worker
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "local": None}
+        state = dict(self.__dict__)
+        if self.local is not None:
+            if state["extra_plugins"] is None:
+                state["extra_plugins"] = extra_plugins(self.local.registry)
+            if state["bundles"] is None:
+                state["bundles"] = self.local.data.picklable()
+        return {**state, "local": None}
 
     def worker(self, device: str | None = None) -> Worker:
         if self.local is not None and device in (None, self.device):
             return self.local
+        if self.local is not None:  # the driver's process, another device
+            return Worker(self.local.registry, self.local.data, device or self.device, self.batching)
         import importlib
 
         from genbench.plugins import get_registry
 
         registry = get_registry()
-        for name, module, version in self.extra_plugins:
+        for name, module, version in self.extra_plugins or ():
             if name not in registry.plugins:
                 registry.add_plugin(importlib.import_module(module), name, version)
         return Worker(registry, DataCache(registry, self.bundles), device or self.device,
@@ -185,9 +194,8 @@ class WorkerSetup:
 
 
 def setup_for(worker: Worker) -> WorkerSetup:
-    """The setup of the driver's ``worker`` (its datasets go along, loaded once)."""
-    return WorkerSetup(worker.device, worker.batching, extra_plugins(worker.registry),
-                       worker.data.picklable(), local=worker)
+    """The setup of the driver's ``worker``."""
+    return WorkerSetup(worker.device, worker.batching, local=worker)
 
 
 def extra_plugins(registry: Registry) -> tuple[tuple[str, str, str], ...]:
