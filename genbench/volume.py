@@ -20,11 +20,13 @@ Conventions (see docs/volume.md for the reasoning):
   independent of everything; they are dropped from the factor and from the
   other factor's multiplicity (they contribute exactly nothing).
 - The last layer under softmax cross-entropy has the all-ones vector in the null
-  space of E[G] (adding a constant to every logit changes nothing). Its variance
-  along that direction is a gauge choice, not information; the default
-  ``null_space="profile"`` gives that one direction the variance that maximizes
-  the factor's log-volume (a scalar concave problem), so the result is finite,
-  basis-free and converges as damping -> 0.
+  space of E[G] (adding a constant to every logit changes nothing), so the layer's
+  precision E[A] (x) E[G] annihilates every direction 1_C (x) v. The posterior lives
+  on their (C-1)*N-dimensional complement; its log-volume there is the best gauge
+  (the largest correlation log-det, in weight coordinates, of any covariance along
+  the null directions added to it: docs/volume.md, "The softmax null directions"),
+  which is (C-1) * log_vol(E[A]^-1) + N * (E[G]'s profiled log-volume). Finite,
+  basis-free, and it converges as damping -> 0.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class InverseVolume:
     live: int                     # coordinates kept (structural zeros dropped)
     size: int                     # all coordinates
     damping: float                # absolute damping added (damping * live mean diagonal)
-    null_profiled: bool = False   # the all-ones null direction was profiled out
+    null_profiled: bool = False   # the all-ones null direction was gauged out (one dim fewer)
     covariance: torch.Tensor | None = None  # the damped inverse over live coordinates
     live_mask: torch.Tensor | None = None
 
@@ -109,8 +111,8 @@ def inverse_factor_volume(factor: torch.Tensor, damping: float, ones_null: bool 
     ``ones_null``: F has the all-ones vector in its null space (softmax cross-entropy
     at the last layer). With ``null_space="profile"`` that direction's variance is
     set to the value maximizing the log-volume (instead of 1/damping, which would
-    make the result an artifact of the damping); ``"damp"`` keeps the plain damped
-    inverse, for comparison.
+    make the result an artifact of the damping): the factor's part of the best gauge
+    (see :func:`laplace_volume`); ``"damp"`` keeps the plain damped inverse, for comparison.
     """
     if damping <= 0:
         raise ValueError("damping must be > 0 (a rank-deficient factor has no inverse)")
@@ -430,7 +432,9 @@ def laplace_volume(factors: dict[str, LayerFactors], damping: float = 1e-3,
 
     log_vol_l = n_G * log_vol(E[A]^{-1}) + n_A * log_vol(E[G]^{-1}), with n_A, n_G
     the live (not structurally zero) coordinates of each factor; ``dim`` is the
-    layer's full weight count.
+    layer's weight count. Where E[G] annihilates the ones vector (the softmax layer)
+    the posterior lives on the complement of the directions 1 (x) v: E[A]'s term
+    enters n_G - 1 times and ``dim`` is (out - 1) * in, the dimension of that subspace.
     """
     if null_space not in ("profile", "damp"):
         raise ValueError(f"null_space must be 'profile' or 'damp', not {null_space!r}")
@@ -441,8 +445,9 @@ def laplace_volume(factors: dict[str, LayerFactors], damping: float = 1e-3,
         inv_a = inverse_factor_volume(f.A, damping, keep_covariance=blocks is not None)
         inv_g = inverse_factor_volume(f.G, damping, ones_null=f.ones_null, null_space=null_space,
                                       keep_covariance=blocks is not None)
-        lv = inv_g.live * inv_a.log_vol + inv_a.live * inv_g.log_vol
-        dim = f.A.shape[0] * f.G.shape[0]
+        gauge = int(inv_g.null_profiled)  # one gauge direction of E[G] per input
+        lv = (inv_g.live - gauge) * inv_a.log_vol + inv_a.live * inv_g.log_vol
+        dim = f.A.shape[0] * (f.G.shape[0] - gauge)
         key = layer_key(name)
         layers[key] = {"log_vol": float(lv), "dim": int(dim), "vol_per_dim": math.exp(lv / dim)}
         details[key] = {"log_vol_A_inv": inv_a.log_vol, "log_vol_G_inv": inv_g.log_vol,

@@ -33,7 +33,7 @@ class Laplace(VolumeEstimator):
     """Kronecker-factored Laplace volume: E[A]^-1 (x) E[G]^-1 per layer, dropout-aware, float64."""
 
     name = "laplace"
-    version = "1"
+    version = "2"
 
     class Params(Params):
         damping: float = Field(1e-3, gt=0, description="added to each factor's diagonal, "

@@ -246,6 +246,71 @@ def test_profiled_null_direction_is_the_best_variance():
     assert prof.log_vol >= best - 1e-9
 
 
+def differentiable_log_vol(m):
+    return torch.logdet(m) - torch.log(torch.diagonal(m)).sum()
+
+
+def best_gauge_bruteforce(a, g, da, dg):
+    """Brute force of the softmax layer's log-volume (docs/volume.md): build the full
+    precision (G + dg I) (x) (A + da I) of row-major vec(W), restrict it to a *random*
+    orthonormal basis of the complement of the directions 1_C (x) v, invert there, and
+    maximize over every covariance M of the null directions the correlation log-det,
+    in weight coordinates, of Sigma_S + N M N^T (LBFGS over M = L L^T)."""
+    n, c = a.shape[0], g.shape[0]
+    h = torch.kron(g + dg * torch.eye(c), a + da * torch.eye(n))
+    null = torch.kron(torch.full((c, 1), c ** -0.5), torch.eye(n))  # (cn, n), orthonormal
+    rand = torch.randn(c * n, c * n - n)
+    basis = torch.linalg.qr(rand - null @ (null.T @ rand))[0]
+    sigma_s = basis @ torch.linalg.inv(basis.T @ h @ basis) @ basis.T
+    chol = (torch.eye(n) * float(torch.diagonal(sigma_s).mean()) ** 0.5).requires_grad_(True)
+    opt = torch.optim.LBFGS([chol], max_iter=500, tolerance_grad=1e-12,
+                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -differentiable_log_vol(sigma_s + null @ chol @ chol.T @ null.T)
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    with torch.no_grad():
+        return float(differentiable_log_vol(sigma_s + null @ chol @ chol.T @ null.T))
+
+
+@pytest.mark.parametrize("damping", [1e-2, 1e-5])
+def test_softmax_layer_is_the_best_gauge_of_the_restricted_kronecker_posterior(damping):
+    """The last layer's log-volume equals a brute force over the full Kronecker matrix
+    restricted to the (C-1)N-dimensional complement of 1_C (x) v, and it differs from the
+    old handling (E[A]^-1's term C times) by exactly one copy of log_vol(E[A]^-1)."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5))  # tanh: no dead units
+    x, y = torch.randn(100, 3), torch.randint(0, 5, (100,))
+    f = V.kronecker_factors(net, x, y)["2"]
+    est = V.laplace_volume({"2": f}, damping)
+    layer, det = est["layers"]["2.weight"], est["layer_details"]["2.weight"]
+    da, dg = det["damping_A"], det["damping_G"]
+    truth = best_gauge_bruteforce(f.A, f.G, da, dg)
+    assert layer["log_vol"] == pytest.approx(truth, abs=1e-6 * abs(truth) + 1e-8)
+    assert layer["dim"] == 4 * 4 and det["null_profiled"]
+    old = 5 * det["log_vol_A_inv"] + 4 * det["log_vol_G_inv"]
+    assert old - layer["log_vol"] == pytest.approx(det["log_vol_A_inv"])
+    assert det["log_vol_A_inv"] < -0.05  # so the old extra copy is a visible error
+
+
+def test_softmax_layer_converges_to_the_undamped_restricted_posterior():
+    """As damping -> 0 the layer's log-volume converges, to the brute force on the undamped
+    Kronecker matrix restricted to the complement (invertible there)."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5))
+    x, y = torch.randn(100, 3), torch.randint(0, 5, (100,))
+    f = V.kronecker_factors(net, x, y)["2"]
+    values = [V.laplace_volume({"2": f}, d)["layers"]["2.weight"]["log_vol"]
+              for d in (1e-3, 1e-5, 1e-7, 1e-9)]
+    steps = [abs(a - b) for a, b in zip(values, values[1:])]
+    assert steps[2] < steps[1] < steps[0]
+    limit = best_gauge_bruteforce(f.A, f.G, 0.0, 0.0)
+    assert values[-1] == pytest.approx(limit, abs=1e-5 * abs(limit))
+
+
 # -- (g) dead units and constant-zero inputs ----------------------------------------------
 def test_dead_unit_and_zero_input_change_nothing():
     """A ReLU unit that never fires and an input that is always zero: the volumes equal
