@@ -32,10 +32,8 @@ Conventions (see docs/volume.md for the reasoning):
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -620,76 +618,3 @@ def sampled_block_det(samples: torch.Tensor, block: int = 4) -> float:
     centred = groups - groups.mean(0, keepdim=True)
     cov = torch.einsum("nmi,nmj->mij", centred, centred) / max(n - 1, 1)
     return float(torch.exp(batched_log_vol(cov)).nan_to_num(0.0).mean())
-
-
-# -- volumes of the models in a store ----------------------------------------------------
-def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] | None = None,
-                  suite: Any = None, device: str = "cpu", registry: Any = None) -> dict[str, Any]:
-    """Estimate the weight volume of every trained model in a store (or of a suite's
-    models, training the missing ones first) with ``estimator``.
-
-    Estimates go through :meth:`genbench.context.MeasureContext.volume`, so they
-    are stored and reused exactly as the measures' are (``params`` override the
-    suite's params for the estimator). Returns ``{"estimator", "params", "models":
-    {key: {"hparams", "layers", "log_vol_sum", "vol_per_dim_mean", "seconds"}}}``
-    (``seconds``: the cost of the estimate when it was computed); a model whose
-    estimate failed is left out of ``models`` and listed under ``"failed"``.
-    """
-    from genbench.context import MeasureContext, result_key
-    from genbench.plugins import get_registry
-    from genbench.population import expand
-    from genbench.runner import DataCache, _quiet, resolve_device, train_population
-    from genbench.store import Store
-    from genbench.suite import Suite, load_suite
-
-    if suite is None and not (Path(store_dir) / "genbench.sqlite").exists():
-        raise FileNotFoundError(f"--store {store_dir}: no genbench store there; run `genbench "
-                                "run` first or name a suite")
-    registry = registry or get_registry()
-    entry = registry.get("volume_estimator", estimator)
-    device = resolve_device(device)
-    overrides = dict(params or {})
-    data = DataCache(registry)
-    with Store(store_dir) as st:
-        if suite is not None:
-            s = suite if isinstance(suite, Suite) else load_suite(suite, registry)
-            specs = expand(s, registry)
-            train_population(specs, s, st, registry, device, _quiet, data=data)
-            merged = {**s.volume.get(estimator, {}), **overrides}
-            models = st.models([sp.key for sp in specs])
-        else:
-            merged = overrides
-            models = st.models()
-        resolved = entry.cls.Params(**merged).identity()
-        out: dict[str, Any] = {}
-        failed: dict[str, str] = {}
-        for m in models:
-            if m["status"] != "done":
-                continue
-            init, final = st.load_weights(m["key"])
-            ctx = MeasureContext(key=m["key"], hparams=m["hparams"], config=m["config"],
-                                 data=data.get(m["config"]), registry=registry, store=st,
-                                 init_state=init, final_state=final, device=device,
-                                 settings={"volume": {estimator: merged}})
-            t0 = time.perf_counter()
-            try:
-                est = ctx.volume(estimator)
-            except Exception as exc:  # noqa: BLE001 - one model's failure is reported, not fatal
-                failed[m["key"]] = f"{type(exc).__name__}: {exc}"
-                continue
-            rkey = result_key(m["key"], "volume", estimator, str(entry.cls.version), resolved)
-            stored = st.result(rkey)
-            seconds = (stored["seconds"] if stored is not None and stored["seconds"] is not None
-                       else time.perf_counter() - t0)
-            out[m["key"]] = {
-                "hparams": m["hparams"],
-                "layers": {n: {"log_vol": float(v["log_vol"]), "dim": int(v["dim"]),
-                               "vol_per_dim": float(v["vol_per_dim"])}
-                           for n, v in est["layers"].items()},
-                "log_vol_sum": float(est["log_vol_sum"]),
-                "vol_per_dim_mean": float(est["vol_per_dim_mean"]),
-                "seconds": float(seconds)}
-    report: dict[str, Any] = {"estimator": estimator, "params": resolved, "models": out}
-    if failed:
-        report["failed"] = failed
-    return report

@@ -16,7 +16,9 @@ from torch import nn
 from torch.autograd.functional import hessian, jacobian
 from torch.func import functional_call
 
+import genbench
 from genbench import taps
+from genbench.components import VolumeEstimator
 from genbench import volume as V
 from genbench.data import DataBundle
 
@@ -539,42 +541,77 @@ rate = 0.0
 "regularizers.dropout.rate" = [0.0, 0.3]
 [measures]
 parameter_norm = {{}}
-[volume.sampling]
-n_samples = 8
-sigma_u = 0.001
-eps = 1.0
+[volume.laplace]
+damping = 0.02
 """
 
 
-def test_volume_report_stores_and_reuses_estimates(tmp_path):
+class Failing(VolumeEstimator):
+    """An estimator that always fails, to check that failures are listed, not fatal."""
+
+    name = "failing"
+
+    def estimate(self, model, data, *, loss_fn=None, device=None):
+        raise ValueError("kept 0 of 3 samples")
+
+
+class FailingPlugin:
+    @genbench.hookimpl
+    def register_volume_estimators(self, register):
+        register(Failing)
+
+
+def test_volume_report_uses_the_stored_suites_settings_and_reuses_estimates(tmp_path):
+    from genbench.estimate import volume_report
+    from genbench.plugins import load_registry
+    from genbench.runner import run
     from genbench.store import Store
-    from genbench.suite import load_suite
 
     torch.set_default_dtype(torch.float32)
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_SUITE.format(track=""))
-    suite = load_suite(path)
     store = tmp_path / "store"
-    first = V.volume_report(store, "laplace", {"damping": 1e-2}, suite=suite)
-    assert first["estimator"] == "laplace" and first["params"]["damping"] == 1e-2
+    first = volume_report(store, "laplace", suite=path)
+    assert first["params"]["damping"] == 0.02 and first["settings_from"] == "suite 'tiny'"
     assert len(first["models"]) == 2 and "failed" not in first
+    by_rate = {m["hparams"]["regularizers.dropout.rate"]: m for m in first["models"].values()}
+    assert "noise_off" not in by_rate[0.0]  # no noise regularizer bound
+    assert set(by_rate[0.3]["noise_off"]) == {"layers", "log_vol_sum", "vol_per_dim_mean"}
     for m in first["models"].values():
-        assert set(m) == {"hparams", "layers", "log_vol_sum", "vol_per_dim_mean", "seconds"}
         assert set(m["layers"]) == {"0.weight", "2.weight"}
         assert all(set(v) == {"log_vol", "dim", "vol_per_dim"} for v in m["layers"].values())
     with pytest.raises(FileNotFoundError, match="no genbench store"):
-        V.volume_report(tmp_path / "nowhere", "laplace", {})
-    again = V.volume_report(store, "laplace", {"damping": 1e-2})  # whole store, no suite
-    assert again["models"] == first["models"]
+        volume_report(tmp_path / "nowhere", "laplace", {})
+    # No run recorded yet: the estimator's defaults, and the report says so.
+    bare = volume_report(store, "laplace")
+    assert bare["params"]["damping"] == 1e-3 and "defaults" in bare["settings_from"]
+    run(path, store=store, device="cpu")
+    # Whole store, no suite named: the stored suite's [volume.laplace], reused from the store.
+    again = volume_report(store, "laplace")
+    assert again["params"] == first["params"] and again["models"] == first["models"]
+    assert "last run" in again["settings_from"]
+    assert volume_report(store, "laplace", {"damping": 0.1})["params"]["damping"] == 0.1
     with Store(store) as st:
-        assert len(st.results(kind="volume")) == 2
-    # The suite's own params for an estimator are used (and overridable).
-    samp = V.volume_report(store, "sampling", {}, suite=suite)
-    assert samp["params"]["n_samples"] == 8 and len(samp["models"]) == 2 and "failed" not in samp
-    # A model whose estimate fails is listed, not fatal (too few samples for 4x4 covariances).
-    short = V.volume_report(store, "sampling", {"n_samples": 3}, suite=suite)
-    assert short["models"] == {} and len(short["failed"]) == 2
-    assert all("kept" in e for e in short["failed"].values())
+        assert len(st.results(kind="volume")) == 2 * 3  # damping 0.02, 1e-3, 0.1
+    # A model whose estimate fails is listed with its error, not fatal.
+    registry = load_registry(extra=[("failing", FailingPlugin())])
+    failed = volume_report(store, "failing", registry=registry)
+    assert failed["models"] == {} and len(failed["failed"]) == 2
+    assert all("kept 0" in e for e in failed["failed"].values())
+
+
+def test_volume_command_exits_non_zero_when_every_estimate_failed(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import genbench.estimate
+    from genbench.cli import app
+
+    monkeypatch.setattr(genbench.estimate, "volume_report", lambda *a, **k: {
+        "estimator": "laplace", "params": {"damping": 1e-3}, "settings_from": "x",
+        "models": {}, "failed": {"abcdef0123": "ValueError: no"}})
+    res = CliRunner().invoke(app, ["volume", "--store", str(tmp_path), "--device", "cpu"])
+    assert res.exit_code == 3 and "every laplace estimate failed" in res.output
+    assert "Traceback" not in res.output
 
 
 def test_volume_is_recorded_during_training():
