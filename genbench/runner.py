@@ -239,7 +239,8 @@ def _measure_work(work: list, store: Store, registry: Registry, device: str, dat
             t0 = time.perf_counter()
             value, error = None, None
             try:
-                value = float(inst.compute(ctx))
+                out = inst.compute(ctx)
+                value = float(out["value"] if isinstance(out, dict) else out)
                 if not math.isfinite(value):
                     error, value = f"non-finite value {value}", None
             except Exception as exc:  # noqa: BLE001 - stored per model; the run goes on

@@ -168,9 +168,9 @@ def _profile_root(a: torch.Tensor) -> float:
 
 
 def block_mean_det(cov: torch.Tensor, block: int) -> float:
-    """Paper-compatible figure: the mean determinant of consecutive ``block`` x ``block``
-    diagonal blocks of ``cov``'s correlation matrix (a trailing partial block is dropped
-    unless it is the only one)."""
+    """Block figure: the mean determinant of consecutive ``block`` x ``block`` diagonal
+    blocks of ``cov``'s correlation matrix (a trailing partial block is dropped unless it
+    is the only one). A diagnostic, not the authors' procedure (docs/volume.md)."""
     n = cov.shape[0]
     if n == 0:
         return 1.0
@@ -458,7 +458,7 @@ def laplace_volume(factors: dict[str, LayerFactors], damping: float = 1e-3,
     out = summarize(layers)
     out["layer_details"] = details
     if blocks is not None:
-        out["paper_blocks"] = {"block": blocks, "layers": paper,
+        out["block_figure"] = {"block": blocks, "layers": paper,
                                "mean": float(sum(paper.values()) / max(len(paper), 1))}
     return out
 

@@ -56,9 +56,9 @@ class Laplace(VolumeEstimator):
             "linear algebra stay float64); float32 about halves the cost")
         batch_size: int = Field(1024, ge=1)
         max_samples: int | None = Field(None, ge=1, description="use the first N training samples")
-        blocks: int | None = Field(None, ge=1, description="also report the paper-compatible "
-                                   "figure: mean det of blocks x blocks diagonal blocks "
-                                   "(the authors' code used 16)")
+        blocks: int | None = Field(None, ge=1, description="also report the block figure: "
+                                   "mean det of blocks x blocks diagonal blocks of each factor's "
+                                   "correlation (a diagnostic, not the paper's procedure)")
 
     def estimate(self, model, data, *, loss_fn=None, device=None):
         """The estimate; for a model with a noise regularizer bound (dropout, reverse noise)

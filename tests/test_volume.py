@@ -1,7 +1,7 @@
 """Weight volume (science.md section 1) against exact curvature and closed forms.
 
 Tests (a)-(h) of issue 4, plus the structural null directions, dropout-awareness,
-BatchNorm, the paper-compatible blocks figure and the store-backed report.
+BatchNorm, the block figure and the store-backed report.
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ def bundle(n=64, d=6, classes=3):
     return DataBundle("toy", x, y % classes, x[:8], y[:8] % classes, classes)
 
 
-def test_laplace_plugin_reports_layers_and_paper_blocks():
+def test_laplace_plugin_reports_layers_and_the_block_figure():
     from genbench.plugins import get_registry
 
     entry = get_registry().get("volume_estimator", "laplace")
@@ -409,8 +409,8 @@ def test_laplace_plugin_reports_layers_and_paper_blocks():
     assert est["layers"]["0.weight"]["dim"] == 120 and est["damping"] == 1e-3
     assert all(0 < v["vol_per_dim"] <= 1 for v in est["layers"].values())
     assert est["log_vol_sum"] == pytest.approx(sum(v["log_vol"] for v in est["layers"].values()))
-    paper = est["paper_blocks"]
-    assert paper["block"] == 16 and 0 < paper["mean"] <= 1
+    figure = est["block_figure"]
+    assert figure["block"] == 16 and 0 < figure["mean"] <= 1
     # Blocks covering a whole factor give exp(log_vol) of that factor.
     cov = torch.tensor([[2.0, 0.5, 0.1], [0.5, 1.0, 0.3], [0.1, 0.3, 1.5]])
     assert V.block_mean_det(cov, 16) == pytest.approx(math.exp(V.log_vol(cov)))
