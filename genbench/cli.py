@@ -212,6 +212,7 @@ def volume(
                       f"{m['vol_per_dim_mean']:.4f}", f"{m['log_vol_sum']:.1f}",
                       str(len(m["layers"])), f"{m['seconds']:.2f}")
     console.print(table)
+    err.print(f"{estimator} params from {report['settings_from']}", highlight=False)
     for key, error in report.get("failed", {}).items():
         err.print(f"model {key[:8]}: {error}", highlight=False, soft_wrap=True)
     if report.get("failed") and not report["models"]:
