@@ -9,8 +9,13 @@ factors, and the paper-compatible 16x16-blocks figure) and a damping sweep.
 
     python benchmarks/bench_volume.py                       # default suite, trains if needed
     python benchmarks/bench_volume.py --limit 6 --science   # fewer models, plus volume tables
+    python benchmarks/bench_volume.py --quick --json cost.json   # 4 models, 1 repeat, < 3 min
 
-Prints markdown tables (docs/volume.md quotes them).
+Prints markdown tables (docs/volume.md quotes them). ``--json PATH`` writes the cost per
+model in training epochs (median over models): ``{"laplace_epochs_exact",
+"laplace_epochs_mc", "sampling_epochs"}`` (Laplace exact E[G], Laplace with a one-draw
+Monte-Carlo Fisher, the ``sampling`` plugin at the suite's params), plus ``models`` and
+``sampling_failed`` (a failed estimate still costs its time).
 """
 
 from __future__ import annotations
@@ -63,9 +68,34 @@ def timed_estimate(ctx: MeasureContext, cls, params: dict) -> tuple[float, dict]
     t0 = time.perf_counter()
     try:
         out = est.estimate(model, ctx.data, loss_fn=ctx.loss_fn)
-    except ValueError as exc:
-        out = {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a failed estimate is reported, and still timed
+        out = {"error": f"{type(exc).__name__}: {exc}"}
     return time.perf_counter() - t0, out
+
+
+def expansion_table(suite_name: str, store: str) -> None:
+    """How much of the Laplace volume's rise with dropout is the factor noise: per rate, the
+    mean vol/dim (and log_vol_sum) with the noise on and off, and the noise's share of the
+    rise over the dropout-0 models, (on - off) / (on - base)."""
+    from genbench.estimate import volume_report
+
+    report = volume_report(store, "laplace", suite=suite_name, device="cpu")
+    by_rate: dict[float, list] = {}
+    for m in report["models"].values():
+        off = m.get("noise_off", m)
+        by_rate.setdefault(m["hparams"].get("regularizers.dropout.rate", 0.0), []).append(
+            (m["vol_per_dim_mean"], off["vol_per_dim_mean"], m["log_vol_sum"], off["log_vol_sum"]))
+    base = [statistics.mean(c) for c in zip(*by_rate[0.0])]
+    print(f"\n### Laplace, both ways: {suite_name} ({len(report['models'])} models)\n")
+    print("| dropout | models | vol/dim noise on | noise off | noise share | "
+          "log_vol_sum noise on | noise off | noise share |")
+    print("|---|---|---|---|---|---|---|---|")
+    for rate in sorted(by_rate):
+        on, off, lon, loff = (statistics.mean(c) for c in zip(*by_rate[rate]))
+        share = (on - off) / (on - base[0]) if rate else math.nan
+        lshare = (lon - loff) / (lon - base[2]) if rate else math.nan
+        print(f"| {rate} | {len(by_rate[rate])} | {on:.4f} | {off:.4f} | {share:.3f} | "
+              f"{lon:.1f} | {loff:.1f} | {lshare:.3f} |")
 
 
 def short(hp: dict) -> str:
@@ -83,9 +113,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--sampling", default="{}", help="JSON overrides for the sampling params")
     ap.add_argument("--science", action="store_true", help="also print the volume tables")
+    ap.add_argument("--quick", action="store_true", help="train and time only the first "
+                    "--limit (default 4) models, 1 repeat, no float32 column")
+    ap.add_argument("--json", default=None, help="write the cost per model in epochs here")
+    ap.add_argument("--expansion", action="store_true", help="only the noise-on/off table "
+                    "of the Laplace volume by dropout rate (trains the suite if needed)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.expansion:
+        return expansion_table(args.suite, args.store)
+    if args.quick:
+        args.limit, args.repeats = args.limit or 4, 1
     registry = get_registry()
     suite = load_suite(args.suite, registry)
     specs = expand(suite, registry)
@@ -96,6 +135,8 @@ def main() -> None:
     lap_params = dict(suite.volume.get("laplace", {}))
     with Store(args.store) as st:
         t0 = time.perf_counter()
+        if args.quick:  # spread over the grid, so every dropout rate is timed
+            specs = specs[:: max(1, len(specs) // args.limit)][: args.limit]
         trained = train_population(specs, suite, st, registry, "cpu", _quiet, data=data)
         print(f"<!-- trained {trained['trained']} models in {time.perf_counter() - t0:.0f} s; "
               f"torch threads {torch.get_num_threads()} -->")
@@ -115,6 +156,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     totals = {"epoch": 0.0, "laplace": 0.0, "laplace32": 0.0, "mc1": 0.0, "sampling": 0.0}
     ratios_le, ratios_sl = [], []
+    epochs: list[tuple[float, float, float, bool]] = []
     results = []
     for m, ctx in contexts:
         runs = {k: [] for k in totals}
@@ -123,7 +165,7 @@ def main() -> None:
             runs["epoch"].append(one_epoch(ctx, m["config"], registry))
             t, lap_out = timed_estimate(ctx, laplace, lap_params)
             runs["laplace"].append(t)
-            runs["laplace32"].append(timed_estimate(
+            runs["laplace32"].append(math.nan if args.quick else timed_estimate(
                 ctx, laplace, {**lap_params, "gram_dtype": "float32"})[0])
             runs["mc1"].append(timed_estimate(
                 ctx, laplace, {**lap_params, "fisher": "mc", "mc_samples": 1})[0])
@@ -134,6 +176,8 @@ def main() -> None:
             totals[k] += med[k]
         ratios_le.append(med["laplace"] / med["epoch"])
         ratios_sl.append(med["sampling"] / med["laplace"])
+        epochs.append((med["laplace"] / med["epoch"], med["mc1"] / med["epoch"],
+                       med["sampling"] / med["epoch"], "error" in samp_out))
         kept = (f"{samp_out['kept']}/{samp_out['tried']}" if "kept" in samp_out
                 else "failed")
         print(f"| {short(m['hparams'])} | {med['epoch']:.3f} | {med['laplace']:.3f} | "
@@ -147,21 +191,30 @@ def main() -> None:
           f"{totals['sampling']:.2f} | | {totals['sampling'] / totals['laplace']:.2f} |")
     print(f"\nmedian Laplace/epoch {statistics.median(ratios_le):.2f}, "
           f"median sampling/Laplace {statistics.median(ratios_sl):.2f}")
+    if args.json:
+        exact, mc, samp, failed = zip(*epochs)
+        cost = {"laplace_epochs_exact": statistics.median(exact),
+                "laplace_epochs_mc": statistics.median(mc),
+                "sampling_epochs": statistics.median(samp),
+                "models": len(epochs), "sampling_failed": sum(failed)}
+        with open(args.json, "w") as fh:
+            json.dump(cost, fh, indent=2)
+        print(f"\nwrote {args.json}: {json.dumps(cost)}")
 
     if not args.science:
         return
     print("\n### Volume by dropout rate (mean over models; per-dimension volume)\n")
-    print("| dropout | Laplace (noise on) | Laplace (noise off) | Laplace, paper 16x16 blocks "
-          "| sampling | sampling, paper 4x4 blocks | test-train loss gap |")
+    print("| dropout | Laplace (noise on) | Laplace (noise off) | Laplace, 16x16 block figure "
+          "| sampling | sampling, 4x4 block figure | test-train loss gap |")
     print("|---|---|---|---|---|---|---|")
     by_rate: dict[float, list] = {}
     for m, ctx, lap_out, samp_out in results:
         rate = m["hparams"].get("regularizers.dropout.rate", 0.0)
-        _, off = timed_estimate(ctx, laplace, {**lap_params, "noise": False})
+        off = lap_out.get("noise_off", lap_out)  # the same estimate with the noise off
         _, blocks = timed_estimate(ctx, laplace, {**lap_params, "blocks": 16})
         _, sblocks = timed_estimate(ctx, sampling, {**samp_params, "blocks": 4})
         by_rate.setdefault(rate, []).append((
-            lap_out["vol_per_dim_mean"], off["vol_per_dim_mean"], blocks["paper_blocks"]["mean"],
+            lap_out["vol_per_dim_mean"], off["vol_per_dim_mean"], blocks["block_figure"]["mean"],
             samp_out.get("vol_per_dim_mean", math.nan),
             sblocks.get("paper_blocks", {}).get("mean", math.nan), m["metrics"]["gap"]))
     for rate in sorted(by_rate):

@@ -176,7 +176,7 @@ def volume(
     """Estimate the weight volume of every model in a store (or of a suite's models)."""
     with friendly_errors():
         from genbench.runner import resolve_device
-        from genbench.volume import volume_report
+        from genbench.estimate import volume_report
 
         params = {}
         for item in param or []:
@@ -212,8 +212,12 @@ def volume(
                       f"{m['vol_per_dim_mean']:.4f}", f"{m['log_vol_sum']:.1f}",
                       str(len(m["layers"])), f"{m['seconds']:.2f}")
     console.print(table)
+    err.print(f"{estimator} params from {report['settings_from']}", highlight=False)
     for key, error in report.get("failed", {}).items():
         err.print(f"model {key[:8]}: {error}", highlight=False, soft_wrap=True)
+    if report.get("failed") and not report["models"]:
+        fail(f"every {estimator} estimate failed ({len(report['failed'])} models); params "
+             f"{report['params']} from {report['settings_from']}: fix them with --param", code=3)
 
 
 @app.command()

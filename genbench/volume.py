@@ -20,20 +20,20 @@ Conventions (see docs/volume.md for the reasoning):
   independent of everything; they are dropped from the factor and from the
   other factor's multiplicity (they contribute exactly nothing).
 - The last layer under softmax cross-entropy has the all-ones vector in the null
-  space of E[G] (adding a constant to every logit changes nothing). Its variance
-  along that direction is a gauge choice, not information; the default
-  ``null_space="profile"`` gives that one direction the variance that maximizes
-  the factor's log-volume (a scalar concave problem), so the result is finite,
-  basis-free and converges as damping -> 0.
+  space of E[G] (adding a constant to every logit changes nothing), so the layer's
+  precision E[A] (x) E[G] annihilates every direction 1_C (x) v. The posterior lives
+  on their (C-1)*N-dimensional complement; its log-volume there is the best gauge
+  (the largest correlation log-det, in weight coordinates, of any covariance along
+  the null directions added to it: docs/volume.md, "The softmax null directions"),
+  which is (C-1) * log_vol(E[A]^-1) + N * (E[G]'s profiled log-volume). Finite,
+  basis-free, and it converges as damping -> 0.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,7 +87,7 @@ class InverseVolume:
     live: int                     # coordinates kept (structural zeros dropped)
     size: int                     # all coordinates
     damping: float                # absolute damping added (damping * live mean diagonal)
-    null_profiled: bool = False   # the all-ones null direction was profiled out
+    null_profiled: bool = False   # the all-ones null direction was gauged out (one dim fewer)
     covariance: torch.Tensor | None = None  # the damped inverse over live coordinates
     live_mask: torch.Tensor | None = None
 
@@ -109,8 +109,8 @@ def inverse_factor_volume(factor: torch.Tensor, damping: float, ones_null: bool 
     ``ones_null``: F has the all-ones vector in its null space (softmax cross-entropy
     at the last layer). With ``null_space="profile"`` that direction's variance is
     set to the value maximizing the log-volume (instead of 1/damping, which would
-    make the result an artifact of the damping); ``"damp"`` keeps the plain damped
-    inverse, for comparison.
+    make the result an artifact of the damping): the factor's part of the best gauge
+    (see :func:`laplace_volume`); ``"damp"`` keeps the plain damped inverse, for comparison.
     """
     if damping <= 0:
         raise ValueError("damping must be > 0 (a rank-deficient factor has no inverse)")
@@ -168,9 +168,9 @@ def _profile_root(a: torch.Tensor) -> float:
 
 
 def block_mean_det(cov: torch.Tensor, block: int) -> float:
-    """Paper-compatible figure: the mean determinant of consecutive ``block`` x ``block``
-    diagonal blocks of ``cov``'s correlation matrix (a trailing partial block is dropped
-    unless it is the only one)."""
+    """Block figure: the mean determinant of consecutive ``block`` x ``block`` diagonal
+    blocks of ``cov``'s correlation matrix (a trailing partial block is dropped unless it
+    is the only one). A diagnostic, not the authors' procedure (docs/volume.md)."""
     n = cov.shape[0]
     if n == 0:
         return 1.0
@@ -430,7 +430,9 @@ def laplace_volume(factors: dict[str, LayerFactors], damping: float = 1e-3,
 
     log_vol_l = n_G * log_vol(E[A]^{-1}) + n_A * log_vol(E[G]^{-1}), with n_A, n_G
     the live (not structurally zero) coordinates of each factor; ``dim`` is the
-    layer's full weight count.
+    layer's weight count. Where E[G] annihilates the ones vector (the softmax layer)
+    the posterior lives on the complement of the directions 1 (x) v: E[A]'s term
+    enters n_G - 1 times and ``dim`` is (out - 1) * in, the dimension of that subspace.
     """
     if null_space not in ("profile", "damp"):
         raise ValueError(f"null_space must be 'profile' or 'damp', not {null_space!r}")
@@ -441,8 +443,9 @@ def laplace_volume(factors: dict[str, LayerFactors], damping: float = 1e-3,
         inv_a = inverse_factor_volume(f.A, damping, keep_covariance=blocks is not None)
         inv_g = inverse_factor_volume(f.G, damping, ones_null=f.ones_null, null_space=null_space,
                                       keep_covariance=blocks is not None)
-        lv = inv_g.live * inv_a.log_vol + inv_a.live * inv_g.log_vol
-        dim = f.A.shape[0] * f.G.shape[0]
+        gauge = int(inv_g.null_profiled)  # one gauge direction of E[G] per input
+        lv = (inv_g.live - gauge) * inv_a.log_vol + inv_a.live * inv_g.log_vol
+        dim = f.A.shape[0] * (f.G.shape[0] - gauge)
         key = layer_key(name)
         layers[key] = {"log_vol": float(lv), "dim": int(dim), "vol_per_dim": math.exp(lv / dim)}
         details[key] = {"log_vol_A_inv": inv_a.log_vol, "log_vol_G_inv": inv_g.log_vol,
@@ -455,7 +458,7 @@ def laplace_volume(factors: dict[str, LayerFactors], damping: float = 1e-3,
     out = summarize(layers)
     out["layer_details"] = details
     if blocks is not None:
-        out["paper_blocks"] = {"block": blocks, "layers": paper,
+        out["block_figure"] = {"block": blocks, "layers": paper,
                                "mean": float(sum(paper.values()) / max(len(paper), 1))}
     return out
 
@@ -615,76 +618,3 @@ def sampled_block_det(samples: torch.Tensor, block: int = 4) -> float:
     centred = groups - groups.mean(0, keepdim=True)
     cov = torch.einsum("nmi,nmj->mij", centred, centred) / max(n - 1, 1)
     return float(torch.exp(batched_log_vol(cov)).nan_to_num(0.0).mean())
-
-
-# -- volumes of the models in a store ----------------------------------------------------
-def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] | None = None,
-                  suite: Any = None, device: str = "cpu", registry: Any = None) -> dict[str, Any]:
-    """Estimate the weight volume of every trained model in a store (or of a suite's
-    models, training the missing ones first) with ``estimator``.
-
-    Estimates go through :meth:`genbench.context.MeasureContext.volume`, so they
-    are stored and reused exactly as the measures' are (``params`` override the
-    suite's params for the estimator). Returns ``{"estimator", "params", "models":
-    {key: {"hparams", "layers", "log_vol_sum", "vol_per_dim_mean", "seconds"}}}``
-    (``seconds``: the cost of the estimate when it was computed); a model whose
-    estimate failed is left out of ``models`` and listed under ``"failed"``.
-    """
-    from genbench.context import MeasureContext, result_key
-    from genbench.plugins import get_registry
-    from genbench.population import expand
-    from genbench.runner import DataCache, _quiet, resolve_device, train_population
-    from genbench.store import Store
-    from genbench.suite import Suite, load_suite
-
-    if suite is None and not (Path(store_dir) / "genbench.sqlite").exists():
-        raise FileNotFoundError(f"--store {store_dir}: no genbench store there; run `genbench "
-                                "run` first or name a suite")
-    registry = registry or get_registry()
-    entry = registry.get("volume_estimator", estimator)
-    device = resolve_device(device)
-    overrides = dict(params or {})
-    data = DataCache(registry)
-    with Store(store_dir) as st:
-        if suite is not None:
-            s = suite if isinstance(suite, Suite) else load_suite(suite, registry)
-            specs = expand(s, registry)
-            train_population(specs, s, st, registry, device, _quiet, data=data)
-            merged = {**s.volume.get(estimator, {}), **overrides}
-            models = st.models([sp.key for sp in specs])
-        else:
-            merged = overrides
-            models = st.models()
-        resolved = entry.cls.Params(**merged).identity()
-        out: dict[str, Any] = {}
-        failed: dict[str, str] = {}
-        for m in models:
-            if m["status"] != "done":
-                continue
-            init, final = st.load_weights(m["key"])
-            ctx = MeasureContext(key=m["key"], hparams=m["hparams"], config=m["config"],
-                                 data=data.get(m["config"]), registry=registry, store=st,
-                                 init_state=init, final_state=final, device=device,
-                                 settings={"volume": {estimator: merged}})
-            t0 = time.perf_counter()
-            try:
-                est = ctx.volume(estimator)
-            except Exception as exc:  # noqa: BLE001 - one model's failure is reported, not fatal
-                failed[m["key"]] = f"{type(exc).__name__}: {exc}"
-                continue
-            rkey = result_key(m["key"], "volume", estimator, str(entry.cls.version), resolved)
-            stored = st.result(rkey)
-            seconds = (stored["seconds"] if stored is not None and stored["seconds"] is not None
-                       else time.perf_counter() - t0)
-            out[m["key"]] = {
-                "hparams": m["hparams"],
-                "layers": {n: {"log_vol": float(v["log_vol"]), "dim": int(v["dim"]),
-                               "vol_per_dim": float(v["vol_per_dim"])}
-                           for n, v in est["layers"].items()},
-                "log_vol_sum": float(est["log_vol_sum"]),
-                "vol_per_dim_mean": float(est["vol_per_dim_mean"]),
-                "seconds": float(seconds)}
-    report: dict[str, Any] = {"estimator": estimator, "params": resolved, "models": out}
-    if failed:
-        report["failed"] = failed
-    return report

@@ -233,16 +233,20 @@ class PacSLaplace(Measure):
     KL + 1/2 sum_l ln 1/vol, not a multiple of the KL). Bigger =
     predicts worse generalization. The volume is the faithful full-determinant
     estimate unless the suite's ``[volume.laplace]`` params choose otherwise.
+    Returns the value with its two terms as parts (``sharpness_term``,
+    ``volume_term``), so a reader sees which one drives a ranking.
     """
 
     name = "pac_s_laplace"
-    version = "1"
+    version = "2"  # 2: returns its two terms as parts
     needs = ("sigma", "volume:laplace")
     Params = SigmaParams
     estimator = "laplace"
 
     def compute(self, ctx):
-        return pac_sharpness(ctx, self.params) + neg_log_volume(ctx.volume(self.estimator))
+        sharp = pac_sharpness(ctx, self.params)
+        vol = neg_log_volume(ctx.volume(self.estimator))
+        return {"value": sharp + vol, "parts": {"sharpness_term": sharp, "volume_term": vol}}
 
 
 class PacSSampling(PacSLaplace):
@@ -253,7 +257,7 @@ class PacSSampling(PacSLaplace):
     """
 
     name = "pac_s_sampling"
-    version = "1"
+    version = "2"
     needs = ("sigma", "volume:sampling")
     estimator = "sampling"
 

@@ -13,6 +13,7 @@ from torch import nn
 
 import genbench
 from genbench import context, sharpness
+from genbench.sharpness import SigmaParams
 from genbench.components import ModelFamily, Params, VolumeEstimator
 from genbench.plugins import load_registry
 from genbench.taps import Tap, number_taps
@@ -33,7 +34,8 @@ def make_ctx(config, data, registry=None, final=None, init=None, seed=0, setting
 
 def measure(name, ctx, **params):
     entry = ctx.registry.get("measure", name)
-    return entry.cls(entry.cls.Params(**params)).compute(ctx)
+    out = entry.cls(entry.cls.Params(**params)).compute(ctx)
+    return out["value"] if isinstance(out, dict) else out
 
 
 FAST_SIGMA = {"depth": 10, "draws": 4, "n_samples": 48}
@@ -360,6 +362,9 @@ def test_pac_s_measures_add_exactly_the_stored_neg_log_volume_and_share_sigma(mo
     smp = measure("pac_s_sampling", ctx, **FAST_SIGMA)
     assert len(calls) == 1  # one sigma search, shared by the three measures
     assert lap == pac + (2.0 * 1.5 + 2.0 * 0.25)  # the suite's [volume.laplace] scale = 2
+    parts = ctx.registry.get("measure", "pac_s_laplace").cls(
+        SigmaParams(**FAST_SIGMA)).compute(ctx)["parts"]
+    assert parts == {"sharpness_term": pac, "volume_term": 2.0 * 1.5 + 2.0 * 0.25}
     assert smp == pac + (3.0 + 0.125)
     assert ESTIMATES == [("laplace", {"scale": 2.0}), ("sampling", {"scale": 1.0})]
     sigma = ctx.sigma(**FAST_SIGMA)["sigma"]

@@ -1,7 +1,7 @@
 """Weight volume (science.md section 1) against exact curvature and closed forms.
 
 Tests (a)-(h) of issue 4, plus the structural null directions, dropout-awareness,
-BatchNorm, the paper-compatible blocks figure and the store-backed report.
+BatchNorm, the block figure and the store-backed report.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from torch import nn
 from torch.autograd.functional import hessian, jacobian
 from torch.func import functional_call
 
+import genbench
 from genbench import taps
+from genbench.components import VolumeEstimator
 from genbench import volume as V
 from genbench.data import DataBundle
 
@@ -246,6 +248,71 @@ def test_profiled_null_direction_is_the_best_variance():
     assert prof.log_vol >= best - 1e-9
 
 
+def differentiable_log_vol(m):
+    return torch.logdet(m) - torch.log(torch.diagonal(m)).sum()
+
+
+def best_gauge_bruteforce(a, g, da, dg):
+    """Brute force of the softmax layer's log-volume (docs/volume.md): build the full
+    precision (G + dg I) (x) (A + da I) of row-major vec(W), restrict it to a *random*
+    orthonormal basis of the complement of the directions 1_C (x) v, invert there, and
+    maximize over every covariance M of the null directions the correlation log-det,
+    in weight coordinates, of Sigma_S + N M N^T (LBFGS over M = L L^T)."""
+    n, c = a.shape[0], g.shape[0]
+    h = torch.kron(g + dg * torch.eye(c), a + da * torch.eye(n))
+    null = torch.kron(torch.full((c, 1), c ** -0.5), torch.eye(n))  # (cn, n), orthonormal
+    rand = torch.randn(c * n, c * n - n)
+    basis = torch.linalg.qr(rand - null @ (null.T @ rand))[0]
+    sigma_s = basis @ torch.linalg.inv(basis.T @ h @ basis) @ basis.T
+    chol = (torch.eye(n) * float(torch.diagonal(sigma_s).mean()) ** 0.5).requires_grad_(True)
+    opt = torch.optim.LBFGS([chol], max_iter=500, tolerance_grad=1e-12,
+                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = -differentiable_log_vol(sigma_s + null @ chol @ chol.T @ null.T)
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    with torch.no_grad():
+        return float(differentiable_log_vol(sigma_s + null @ chol @ chol.T @ null.T))
+
+
+@pytest.mark.parametrize("damping", [1e-2, 1e-5])
+def test_softmax_layer_is_the_best_gauge_of_the_restricted_kronecker_posterior(damping):
+    """The last layer's log-volume equals a brute force over the full Kronecker matrix
+    restricted to the (C-1)N-dimensional complement of 1_C (x) v, and it differs from the
+    old handling (E[A]^-1's term C times) by exactly one copy of log_vol(E[A]^-1)."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5))  # tanh: no dead units
+    x, y = torch.randn(100, 3), torch.randint(0, 5, (100,))
+    f = V.kronecker_factors(net, x, y)["2"]
+    est = V.laplace_volume({"2": f}, damping)
+    layer, det = est["layers"]["2.weight"], est["layer_details"]["2.weight"]
+    da, dg = det["damping_A"], det["damping_G"]
+    truth = best_gauge_bruteforce(f.A, f.G, da, dg)
+    assert layer["log_vol"] == pytest.approx(truth, abs=1e-6 * abs(truth) + 1e-8)
+    assert layer["dim"] == 4 * 4 and det["null_profiled"]
+    old = 5 * det["log_vol_A_inv"] + 4 * det["log_vol_G_inv"]
+    assert old - layer["log_vol"] == pytest.approx(det["log_vol_A_inv"])
+    assert det["log_vol_A_inv"] < -0.05  # so the old extra copy is a visible error
+
+
+def test_softmax_layer_converges_to_the_undamped_restricted_posterior():
+    """As damping -> 0 the layer's log-volume converges, to the brute force on the undamped
+    Kronecker matrix restricted to the complement (invertible there)."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5))
+    x, y = torch.randn(100, 3), torch.randint(0, 5, (100,))
+    f = V.kronecker_factors(net, x, y)["2"]
+    values = [V.laplace_volume({"2": f}, d)["layers"]["2.weight"]["log_vol"]
+              for d in (1e-3, 1e-5, 1e-7, 1e-9)]
+    steps = [abs(a - b) for a, b in zip(values, values[1:])]
+    assert steps[2] < steps[1] < steps[0]
+    limit = best_gauge_bruteforce(f.A, f.G, 0.0, 0.0)
+    assert values[-1] == pytest.approx(limit, abs=1e-5 * abs(limit))
+
+
 # -- (g) dead units and constant-zero inputs ----------------------------------------------
 def test_dead_unit_and_zero_input_change_nothing():
     """A ReLU unit that never fires and an input that is always zero: the volumes equal
@@ -331,7 +398,7 @@ def bundle(n=64, d=6, classes=3):
     return DataBundle("toy", x, y % classes, x[:8], y[:8] % classes, classes)
 
 
-def test_laplace_plugin_reports_layers_and_paper_blocks():
+def test_laplace_plugin_reports_layers_and_the_block_figure():
     from genbench.plugins import get_registry
 
     entry = get_registry().get("volume_estimator", "laplace")
@@ -342,8 +409,8 @@ def test_laplace_plugin_reports_layers_and_paper_blocks():
     assert est["layers"]["0.weight"]["dim"] == 120 and est["damping"] == 1e-3
     assert all(0 < v["vol_per_dim"] <= 1 for v in est["layers"].values())
     assert est["log_vol_sum"] == pytest.approx(sum(v["log_vol"] for v in est["layers"].values()))
-    paper = est["paper_blocks"]
-    assert paper["block"] == 16 and 0 < paper["mean"] <= 1
+    figure = est["block_figure"]
+    assert figure["block"] == 16 and 0 < figure["mean"] <= 1
     # Blocks covering a whole factor give exp(log_vol) of that factor.
     cov = torch.tensor([[2.0, 0.5, 0.1], [0.5, 1.0, 0.3], [0.1, 0.3, 1.5]])
     assert V.block_mean_det(cov, 16) == pytest.approx(math.exp(V.log_vol(cov)))
@@ -352,20 +419,60 @@ def test_laplace_plugin_reports_layers_and_paper_blocks():
     assert with_bias["layers"]["0.weight"]["dim"] == 140
 
 
-def test_laplace_plugin_handles_a_small_cnn_with_batchnorm():
+def test_laplace_plugin_on_a_cnn_with_batchnorm_matches_torch_func_factors():
+    """A CNN with eval-mode BatchNorm through the plugin. Conv 1 (16 output locations): A is
+    the sum of hand-cut zero-padded patches' outer products and G the mean over locations of
+    J_t^T H J_t, J_t from torch.func.jacrev through BatchNorm and ReLU. Conv 2 (one location):
+    on one sample, kron(G, A) is the exact Hessian block (the net is piecewise linear in
+    each weight). Each layer's log-volume equals a brute force on the full Kronecker matrix."""
+    from torch.func import jacrev
+
     from genbench.plugins import get_registry
 
-    torch.set_default_dtype(torch.float32)
     entry = get_registry().get("volume_estimator", "laplace")
     net = taps.number_taps(nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), taps.Tap(nn.ReLU()),
-        nn.Conv2d(4, 4, 3, stride=2), taps.Tap(nn.ReLU()), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)))
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), taps.Tap(nn.ReLU()),
+        nn.Conv2d(3, 4, 4), nn.BatchNorm2d(4), taps.Tap(nn.ReLU()), nn.Flatten(),
+        nn.Linear(4, 3)))
+    with torch.no_grad():
+        for bn in (net[1], net[4]):
+            bn.running_mean.normal_(0, 0.3)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0, 0.3)
     net.eval()
-    x = torch.randn(40, 1, 6, 6)
-    data = DataBundle("img", x, torch.randint(0, 3, (40,)), x[:4], torch.zeros(4).long(), 3)
-    est = entry.cls().estimate(net, data)
-    assert est["layers"]["0.weight"]["dim"] == 4 * 9 and est["layers"]["3.weight"]["dim"] == 4 * 36
-    assert all(math.isfinite(v["log_vol"]) and v["log_vol"] <= 0 for v in est["layers"].values())
+    x = torch.randn(1, 1, 4, 4)
+    y = torch.tensor([1])
+    data = DataBundle("img", x, y, x, y, 3)
+    est = entry.cls(entry.cls.Params(damping=1e-2)).estimate(net, data, loss_fn=F.cross_entropy)
+    factors = V.kronecker_factors(net, x, y)
+    p = torch.softmax(net(x), 1)[0].detach()
+    out_h = torch.diag(p) - torch.outer(p, p)
+    # Conv 1: hand-cut patches and per-location Jacobians through BatchNorm and ReLU.
+    xpad = F.pad(x[0], (1, 1, 1, 1))
+    patches = [xpad[:, i:i + 3, j:j + 3].reshape(-1) for i in range(4) for j in range(4)]
+    a1 = sum(torch.outer(v, v) for v in patches)
+    h1 = net[0](x)[0].detach()
+    jac = jacrev(lambda h: net[1:](h[None])[0])(h1)  # (C, 3, 4, 4)
+    g1 = sum(jac[:, :, i, j].T @ out_h @ jac[:, :, i, j] for i in range(4) for j in range(4)) / 16
+    assert torch.allclose(factors["0"].A, a1, atol=1e-10)
+    assert torch.allclose(factors["0"].G, g1, atol=1e-10)
+    # Conv 2: one output location, one sample: the exact Hessian block.
+    exact = weight_block_hessian(net, "3.weight", F.cross_entropy, x, y)
+    assert torch.allclose(torch.kron(factors["3"].G, factors["3"].A), exact, atol=1e-10)
+    for name, f in factors.items():
+        det = est["layer_details"][V.layer_key(name)]
+        n_in, n_out = f.A.shape[0], f.G.shape[0]
+        if det["null_profiled"]:
+            continue  # the softmax layer: tested against its own brute force above
+        live_a, live_g = torch.diagonal(f.A) > 0, torch.diagonal(f.G) > 0
+        a, g = f.A[live_a][:, live_a], f.G[live_g][:, live_g]
+        h = torch.kron(g + det["damping_G"] * torch.eye(g.shape[0]),
+                       a + det["damping_A"] * torch.eye(a.shape[0]))
+        assert est["layers"][V.layer_key(name)]["log_vol"] == pytest.approx(
+            V.log_vol(torch.linalg.inv(h)), rel=1e-8)
+        assert est["layers"][V.layer_key(name)]["dim"] == n_in * n_out
+    assert est["layers"]["7.weight"]["dim"] == 4 * (3 - 1)
 
 
 # -- (h) the sampling estimator --------------------------------------------------------------
@@ -474,49 +581,84 @@ rate = 0.0
 "regularizers.dropout.rate" = [0.0, 0.3]
 [measures]
 parameter_norm = {{}}
-[volume.sampling]
-n_samples = 8
-sigma_u = 0.001
-eps = 1.0
+[volume.laplace]
+damping = 0.02
 """
 
 
-def test_volume_report_stores_and_reuses_estimates(tmp_path):
+class Failing(VolumeEstimator):
+    """An estimator that always fails, to check that failures are listed, not fatal."""
+
+    name = "failing"
+
+    def estimate(self, model, data, *, loss_fn=None, device=None):
+        raise ValueError("kept 0 of 3 samples")
+
+
+class FailingPlugin:
+    @genbench.hookimpl
+    def register_volume_estimators(self, register):
+        register(Failing)
+
+
+def test_volume_report_uses_the_stored_suites_settings_and_reuses_estimates(tmp_path):
+    from genbench.estimate import volume_report
+    from genbench.plugins import load_registry
+    from genbench.runner import run
     from genbench.store import Store
-    from genbench.suite import load_suite
 
     torch.set_default_dtype(torch.float32)
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_SUITE.format(track=""))
-    suite = load_suite(path)
     store = tmp_path / "store"
-    first = V.volume_report(store, "laplace", {"damping": 1e-2}, suite=suite)
-    assert first["estimator"] == "laplace" and first["params"]["damping"] == 1e-2
+    first = volume_report(store, "laplace", suite=path)
+    assert first["params"]["damping"] == 0.02 and first["settings_from"] == "suite 'tiny'"
     assert len(first["models"]) == 2 and "failed" not in first
+    by_rate = {m["hparams"]["regularizers.dropout.rate"]: m for m in first["models"].values()}
+    assert "noise_off" not in by_rate[0.0]  # no noise regularizer bound
+    assert set(by_rate[0.3]["noise_off"]) == {"layers", "log_vol_sum", "vol_per_dim_mean"}
     for m in first["models"].values():
-        assert set(m) == {"hparams", "layers", "log_vol_sum", "vol_per_dim_mean", "seconds"}
         assert set(m["layers"]) == {"0.weight", "2.weight"}
         assert all(set(v) == {"log_vol", "dim", "vol_per_dim"} for v in m["layers"].values())
     with pytest.raises(FileNotFoundError, match="no genbench store"):
-        V.volume_report(tmp_path / "nowhere", "laplace", {})
-    again = V.volume_report(store, "laplace", {"damping": 1e-2})  # whole store, no suite
-    assert again["models"] == first["models"]
+        volume_report(tmp_path / "nowhere", "laplace", {})
+    # No run recorded yet: the estimator's defaults, and the report says so.
+    bare = volume_report(store, "laplace")
+    assert bare["params"]["damping"] == 1e-3 and "defaults" in bare["settings_from"]
+    run(path, store=store, device="cpu")
+    # Whole store, no suite named: the stored suite's [volume.laplace], reused from the store.
+    again = volume_report(store, "laplace")
+    assert again["params"] == first["params"] and again["models"] == first["models"]
+    assert "last run" in again["settings_from"]
+    assert volume_report(store, "laplace", {"damping": 0.1})["params"]["damping"] == 0.1
     with Store(store) as st:
-        assert len(st.results(kind="volume")) == 2
-    # The suite's own params for an estimator are used (and overridable).
-    samp = V.volume_report(store, "sampling", {}, suite=suite)
-    assert samp["params"]["n_samples"] == 8 and len(samp["models"]) == 2 and "failed" not in samp
-    # A model whose estimate fails is listed, not fatal (too few samples for 4x4 covariances).
-    short = V.volume_report(store, "sampling", {"n_samples": 3}, suite=suite)
-    assert short["models"] == {} and len(short["failed"]) == 2
-    assert all("kept" in e for e in short["failed"].values())
+        assert len(st.results(kind="volume")) == 2 * 3  # damping 0.02, 1e-3, 0.1
+    # A model whose estimate fails is listed with its error, not fatal.
+    registry = load_registry(extra=[("failing", FailingPlugin())])
+    failed = volume_report(store, "failing", registry=registry)
+    assert failed["models"] == {} and len(failed["failed"]) == 2
+    assert all("kept 0" in e for e in failed["failed"].values())
+
+
+def test_volume_command_exits_non_zero_when_every_estimate_failed(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import genbench.estimate
+    from genbench.cli import app
+
+    monkeypatch.setattr(genbench.estimate, "volume_report", lambda *a, **k: {
+        "estimator": "laplace", "params": {"damping": 1e-3}, "settings_from": "x",
+        "models": {}, "failed": {"abcdef0123": "ValueError: no"}})
+    res = CliRunner().invoke(app, ["volume", "--store", str(tmp_path), "--device", "cpu"])
+    assert res.exit_code == 3 and "every laplace estimate failed" in res.output
+    assert "Traceback" not in res.output
 
 
 def test_volume_is_recorded_during_training():
     from genbench.plugins import get_registry
     from genbench.population import expand
     from genbench.suite import validate
-    from genbench.training import train_one
+    from genbench.training import load_trained, train_one
 
     import tomllib
 
@@ -528,5 +670,17 @@ def test_volume_is_recorded_during_training():
     data = registry.get("dataset", "mnist1d").cls(
         registry.get("dataset", "mnist1d").cls.Params(num_samples=300)).load()
     result = train_one(spec, data, registry)
-    vols = [h["volume"]["vol_per_dim_mean"] for h in result.metrics["history"]]
-    assert len(vols) == 2 and all(0 < v <= 1 for v in vols)
+    history = result.metrics["history"]
+    assert [h["epoch"] for h in history if "volume" in h] == [h["epoch"] for h in history]
+    # The volume tracked at the last epoch is the estimate of the weights the run ended with
+    # (recomputed here from the stored final state, under the tracker's seed: dropout 0.3).
+    entry = registry.get("volume_estimator", "laplace")
+    torch.manual_seed(history[-1]["epoch"])  # the tracker seeds, then rebuilds the model
+    model = load_trained(registry, spec.config, data, result.final_state)
+    again = entry.cls().estimate(model, data, loss_fn=F.cross_entropy)
+    assert spec.hparams["regularizers.dropout.rate"] == 0.3
+    assert history[-1]["volume"]["log_vol_sum"] == pytest.approx(again["log_vol_sum"], rel=1e-12)
+    assert history[-1]["volume"]["vol_per_dim_mean"] == pytest.approx(again["vol_per_dim_mean"],
+                                                                      rel=1e-12)
+    # and training moved it: the first epoch's weights had another volume
+    assert history[0]["volume"]["log_vol_sum"] != pytest.approx(again["log_vol_sum"], rel=1e-6)
