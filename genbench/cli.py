@@ -148,7 +148,7 @@ def show_leaderboard(board: dict[str, Any], title: str, sort: str | None, wide: 
     from genbench.leaderboard import print_table, rich_table, to_markdown
 
     if not board.get("leaderboard"):
-        err.print("No leaderboard: fewer than 3 trained models.")
+        say("No leaderboard: fewer than 3 trained models.")
         return
     with friendly_errors():
         print_table(console, rich_table(board, sort_by=sort, title=title, wide=wide,
@@ -247,7 +247,8 @@ def run(
 
 
 @app.command()
-def validate(suite: SUITE_ARG) -> None:
+def validate(suite: SUITE_ARG,
+             json_path: Annotated[Optional[str], json_option("what was checked")] = None) -> None:
     """Check a suite completely without training: schema, components, params, grid, and
     that each architecture builds and takes a batch of its dataset."""
     with friendly_errors():
@@ -260,6 +261,10 @@ def validate(suite: SUITE_ARG) -> None:
         s = load_suite(suite, registry)
         specs = expand(s, registry)
         built = check_builds(specs, registry)
+    emit_json({"suite": s.name, "models": len(specs), "architectures": built,
+               "measures": list(s.measures)}, json_path)
+    if json_path == "-":
+        return
     console.print(f"[green]ok[/green] {s.name}: {len(specs)} models ({built} architectures "
                   f"built and fed a batch), measures: {', '.join(s.measures)}")
 
@@ -391,7 +396,7 @@ def _cols(text: str | None) -> list[str] | None:
 
 @app.command()
 def score(
-    table: Annotated[Path, typer.Argument(metavar="TABLE", help="CSV or JSON Lines (one row per model; a `genbench export`), or a run's --json file")],
+    table: Annotated[Path, typer.Argument(metavar="TABLE", help="CSV or JSON Lines (one row per model; a `genbench export`), or the JSON that `genbench run --json` wrote")],
     gap: Annotated[str, typer.Option(metavar="COLUMN", help="column of the loss gap (test - train loss)")] = "gap",
     acc_gap: Annotated[Optional[str], typer.Option(metavar="COLUMN", help="column of the accuracy gap (default: acc_gap if present)")] = None,
     condition_on: Annotated[Optional[str], typer.Option(metavar="COLS", help="comma-separated hyperparameter columns omega ranges over (default: an export's hp: columns)")] = None,

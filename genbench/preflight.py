@@ -78,9 +78,8 @@ def check_builds(specs: list[Any], registry: Any) -> int:
                 raise ValueError(f"output shape {tuple(out.shape)}, expected (2, {n_classes})")
         except Exception as exc:  # noqa: BLE001 - every failure is the user's to see, in one line
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            problems.append(f"{_describe(cfg, cfg['dataset'], shape)}: {type(exc).__name__}: {why}"
-                            f"; use a dataset layout or a model family that match (e.g. "
-                            f"dataset.params.layout)")
+            fix = "" if "; use " in why else "; use a dataset layout or model that match"
+            problems.append(f"{_describe(cfg, cfg['dataset'], shape)}: {why}{fix}")
     if problems:
-        raise PreflightError(problems)
+        raise PreflightError(list(dict.fromkeys(problems)))  # one line per distinct failure
     return len(seen)
