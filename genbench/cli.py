@@ -190,7 +190,7 @@ def _set_logging(verbosity: int) -> None:
 def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="print genbench's version and exit")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, show_default=False,
                                          help="more log lines (-v info, -vv debug)")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="errors and requested output only")] = False,
 ) -> None:
