@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 # Plain (click) help: short, greppable, and no "<bool>" beside flags.
-app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Benchmark generalization measures on populations of trained networks.")
 console = Console()
@@ -244,6 +244,8 @@ def run(
         emit_json(result, "-")
     else:
         show_leaderboard(run_board(result), run_title(result), sort, wide, intervals, markdown)
+    if s["failed"] or s.get("measures_failed"):
+        raise typer.Exit(3)  # completed, with failed models or values
 
 
 @app.command()
@@ -533,8 +535,17 @@ def version(json_path: Annotated[Optional[str], json_option("the versions")] = N
         typer.echo(f"plugin {name} {v}")
 
 
-def main() -> None:  # console-script entry point
-    app(prog_name="genbench")
+def main() -> None:
+    """Console-script entry point: an unexpected error is one line and exit code 1
+    (``genbench -vv ...`` shows its traceback)."""
+    try:
+        app(prog_name="genbench", standalone_mode=True)
+    except Exception as exc:  # noqa: BLE001 - no traceback reaches a user
+        if STATE["verbosity"] >= 2:
+            raise
+        err.print(f"[red]error:[/red] internal error: {escape(f'{type(exc).__name__}: {exc}')} "
+                  "(genbench -vv ... shows the traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

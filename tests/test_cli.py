@@ -320,3 +320,29 @@ def test_volume_blames_the_estimator_name_not_its_params():
     res = runner.invoke(app, ["volume", "--estimator", "samplin"])
     assert res.exit_code == 2
     assert res.stderr.startswith("error: --estimator:") and "did you mean 'sampling'" in res.stderr
+
+
+def test_run_with_failed_models_exits_3(tiny_run, tmp_path, monkeypatch):
+    import genbench.runner as runner_module
+
+    result = json.loads(json.dumps(tiny_run["result"]))
+    result["summary"]["failed"] = 1
+    monkeypatch.setattr(runner_module, "run", lambda *a, **k: result)
+    res = runner.invoke(app, ["run", str(write_suite(tmp_path, TINY_SUITE)), "--store", str(tmp_path / "s")])
+    assert res.exit_code == 3 and "1 failed" in res.stderr, res.output
+
+
+def test_an_internal_error_is_one_line_and_exit_1(monkeypatch, capsys):
+    import genbench.cli as cli
+    import genbench.introspect as introspect
+
+    def boom(name):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(introspect, "describe_component", boom)
+    monkeypatch.setattr(sys, "argv", ["genbench", "describe", "digits"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err_lines == ["error: internal error: RuntimeError: boom (genbench -vv ... shows the traceback)"]
