@@ -214,6 +214,7 @@ def score_table(t: Table, gap: str = "gap", acc_gap: str | None = None,
         raise TableError(f"--preset: unknown preset '{preset}'; choose one of {', '.join(sorted(PRESETS))}")
     cond = t.condition_on if condition_on is None else [t.column(c) for c in condition_on]
     ag = t.against if against is None else [t.column(c) for c in against]
+    include_unconverged = include_unconverged or bool(o.get("include_unconverged"))
     rows = t.rows if include_unconverged else [r for r in t.rows if not _unconverged(r)]
     pop = load_population(Path(), gap=gap, acc_gap=acc_gap, condition_on=cond, against=ag,
                           measures=t.measures if measures is None else measures, rows=rows)

@@ -200,9 +200,9 @@ def _caption(board: dict, cols: list[Column], sort_col: Column, intervals: bool)
                                                               " (shown with --intervals)"))
         lines.append("; ".join(parts) + ".")
     unconverged = (board.get("left_out") or {}).get("unconverged")
-    if unconverged:
-        lines.append(f"{unconverged} unconverged model(s) left out (--include-unconverged "
-                     "puts them back).")
+    if unconverged is not None:  # said even when 0: a reader should not have to wonder
+        lines.append(f"{unconverged} unconverged model(s) left out" +
+                     (" (--include-unconverged puts them back)." if unconverged else "."))
     lines.append(f"Sorted by {sort_col.header}, best first; bold: best in its column.")
     lines += [f"{c.header}: {c.legend}" for c in cols]
     notes = board.get("notes") or {}
