@@ -510,7 +510,7 @@ class GroupTrainer:
             own = dict(m.model.named_parameters())
             for i, (name, p) in enumerate(zip(self.names, self.params)):
                 own[name].copy_(self.backend.unstack(i, p[k]))
-        metrics = final_metrics(m.model, self.data, epoch, m.history)
+        metrics = {**final_metrics(m.model, self.data, epoch, m.history), "engine": "batched"}
         final_state = {key: v.detach().clone() for key, v in m.model.state_dict().items()}
         seconds = (time.perf_counter() - self.t0) / len(self.members)
         return TrainResult(m.init_state, final_state, metrics, seconds)

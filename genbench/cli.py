@@ -1,9 +1,16 @@
 """The `genbench` command line. Heavy imports (torch) happen inside commands only,
-so `genbench --help` stays fast."""
+so `genbench --help` stays fast.
+
+Conventions every command keeps: ``-h``/``--help``; ``--json PATH`` writes the
+command's data as JSON to PATH (``-`` for stdout, and then stdout holds the JSON
+only); ``-v``/``-q`` before the command set the verbosity; errors are one line
+each on stderr, with exit code 2 for bad input (0 ok, 3 completed with failures).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -14,13 +21,35 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+# Plain (click) help: short, greppable, and no "<bool>" beside flags.
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Benchmark generalization measures on populations of trained networks.")
 console = Console()
 err = Console(stderr=True)
+STATE = {"verbosity": 0}  # -q: -1, default 0, -v: 1, -vv: 2
 
-STORE = Annotated[Path, typer.Option("--store", help="store directory (SQLite + safetensors)")]
+STORE = Annotated[Path, typer.Option("--store", metavar="DIR",
+                                     help="store directory (SQLite + safetensors)")]
 DEFAULT_STORE = Path(".genbench")
+SUITE_ARG = Annotated[str, typer.Argument(metavar="SUITE", help="suite file or registry name")]
+
+
+def json_option(what: str) -> Any:
+    return typer.Option("--json", metavar="PATH", help=f"write {what} as JSON to PATH ('-': stdout)")
+
+
+def _sort_option() -> Any:
+    from genbench.leaderboard import SORT_HELP
+
+    return typer.Option("--sort", metavar="COLUMN", help=f"sort the leaderboard by: {SORT_HELP}")
+
+
+SORT = Annotated[Optional[str], _sort_option()]
+WIDE = Annotated[bool, typer.Option("--wide", help="show every score column, not the compact set")]
+INTERVALS = Annotated[bool, typer.Option("--intervals", help="show bootstrap intervals beside values")]
+MARKDOWN = Annotated[Optional[Path], typer.Option("--markdown", metavar="PATH",
+                                                  help="also write the leaderboard as Markdown")]
 
 
 class Device(str, Enum):
@@ -34,6 +63,7 @@ class OnOff(str, Enum):
     off = "off"
 
 
+# -- shared plumbing ---------------------------------------------------------------------
 def fail(lines: str | list[str], code: int = 2) -> None:
     """Print one line per problem (no traceback) and exit."""
     for line in [lines] if isinstance(lines, str) else lines:
@@ -47,25 +77,44 @@ def friendly_errors():
     from pydantic import ValidationError
 
     from genbench.plugins import PluginError
+    from genbench.preflight import PreflightError
     from genbench.suite import SuiteError, pydantic_problems
 
     try:
         yield
-    except SuiteError as exc:
+    except (SuiteError, PreflightError) as exc:
         fail(exc.problems)
     except ValidationError as exc:
         fail(pydantic_problems(exc, prefix=f"{exc.title}."))
-    except (PluginError, FileNotFoundError, LookupError, ValueError) as exc:
+    except (PluginError, OSError, LookupError, ValueError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
+def emit_json(obj: Any, path: str | None) -> None:
+    """Write ``obj`` as JSON to ``path`` (``-``: stdout)."""
+    if path is None:
+        return
+    text = json.dumps(obj, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    if path == "-":
+        typer.echo(text)
+    else:
+        Path(path).write_text(text + "\n")
+
+
+def say(text: str) -> None:
+    """A status line on stderr, unless -q."""
+    if STATE["verbosity"] >= 0:
+        err.print(text, highlight=False, soft_wrap=True)
+
+
 def rich_progress():
-    """A progress callback for genbench.runner.run drawing one bar per stage."""
+    """A progress callback for genbench.runner.run drawing one bar per stage (None with -q:
+    the library's default then logs, which -q silences)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bars = Progress(TextColumn("[bold]{task.fields[stage]:<8}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("{task.description}"), console=err,
-                    transient=False)
+                    transient=False, disable=STATE["verbosity"] < 0)
 
     def progress(stage: str, total: int):
         if not bars.live.is_started:
@@ -80,133 +129,226 @@ def rich_progress():
     return bars, progress
 
 
-def show_leaderboard(result: dict[str, Any], sort: str | None, markdown: Path | None) -> None:
-    from genbench.leaderboard import rich_table, to_markdown
-
-    board = {**result.get("scoring", {}), "leaderboard": result["leaderboard"]}
-    if not result["leaderboard"]:
-        err.print("No leaderboard: fewer than 3 trained models.")
+@contextmanager
+def spinner(text: str):
+    """An elapsed-time spinner on stderr for work that reports no steps (off with -q)."""
+    if STATE["verbosity"] < 0:
+        yield
         return
-    console.print(rich_table(board, sort_by=sort, title=f"{result['suite']}: "
-                             f"{board.get('n_models', len(result['models']))} models"), crop=False)
-    if markdown is not None:
-        markdown.write_text(to_markdown(board, sort_by=sort))
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn(text), TimeElapsedColumn(), console=err,
+                  transient=True):
+        yield
 
 
+def show_leaderboard(board: dict[str, Any], title: str, sort: str | None, wide: bool,
+                     intervals: bool, markdown: Path | None) -> None:
+    """The leaderboard on stdout (and as Markdown), or a line saying why there is none."""
+    from genbench.leaderboard import print_table, rich_table, to_markdown
+
+    if not board.get("leaderboard"):
+        say("No leaderboard: fewer than 3 trained models.")
+        return
+    with friendly_errors():
+        print_table(console, rich_table(board, sort_by=sort, title=title, wide=wide,
+                                        intervals=intervals))
+        if markdown is not None:
+            markdown.write_text(to_markdown(board, sort_by=sort, wide=wide, intervals=intervals))
+
+
+def run_board(result: dict[str, Any]) -> dict[str, Any]:
+    """The score dict of a run result (its "scoring" dict with the "leaderboard")."""
+    return {**result.get("scoring", {}), "leaderboard": result["leaderboard"]}
+
+
+def run_title(result: dict[str, Any]) -> str:
+    return f"{result['suite']}: {result.get('scoring', {}).get('n_models', len(result['models']))} models"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from genbench import __version__
+
+        typer.echo(f"genbench {__version__}")
+        raise typer.Exit()
+
+
+def _set_logging(verbosity: int) -> None:
+    """genbench's log lines on stderr: warnings by default, -v info, -vv debug, -q errors."""
+    log = logging.getLogger("genbench")
+    for h in [h for h in log.handlers if getattr(h, "genbench_cli", False)]:
+        log.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.genbench_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel({-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print genbench's version and exit")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, show_default=False,
+                                         help="more log lines (-v info, -vv debug)")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="errors and requested output only")] = False,
+) -> None:
+    """Benchmark generalization measures on populations of trained networks."""
+    STATE["verbosity"] = -1 if quiet else verbose
+    _set_logging(STATE["verbosity"])
+
+
+# -- commands ----------------------------------------------------------------------------
 @app.command()
 def run(
-    suite: Annotated[str, typer.Argument(help="suite file or registry name")] = "default",
+    suite: SUITE_ARG = "default",
     store: STORE = DEFAULT_STORE,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the run JSON here")] = None,
-    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="write the leaderboard as Markdown")] = None,
+    json_path: Annotated[Optional[str], json_option("the run (models, scores)")] = None,
+    markdown: MARKDOWN = None,
     device: Annotated[Device, typer.Option(help="where to train and measure")] = Device.auto,
-    executor: Annotated[Optional[str], typer.Option(help="executor plugin (default: the suite's)")] = None,
-    address: Annotated[Optional[str], typer.Option(help="cluster address for the ray executor")] = None,
+    executor: Annotated[Optional[str], typer.Option(metavar="NAME", help="executor plugin (default: the suite's)")] = None,
+    address: Annotated[Optional[str], typer.Option(metavar="ADDR", help="cluster address for the ray executor")] = None,
     batching: Annotated[OnOff, typer.Option(help="train same-shape models as one stacked computation")] = OnOff.on,
-    sort: Annotated[Optional[str], typer.Option(help="sort the leaderboard by this column")] = None,
+    sort: SORT = None,
+    wide: WIDE = False,
+    intervals: INTERVALS = False,
 ) -> None:
     """Train a suite's population, compute every measure, score them, show the leaderboard."""
     from genbench import runner
 
     with friendly_errors():
         from genbench.plugins import get_registry
+        from genbench.population import expand
+        from genbench.preflight import check_builds
         from genbench.suite import load_suite
 
         registry = get_registry()
         spec = load_suite(suite, registry)  # every problem is reported before any work starts
+        check_builds(expand(spec, registry), registry)
         bars, progress = rich_progress()
         extra = {"executor_params": {"address": address}} if address else {}
         try:
             result = runner.run(spec, store=store, device=device.value, executor=executor,
-                                json_path=json_path, progress=progress, registry=registry,
+                                json_path=None if json_path in (None, "-") else json_path,
+                                progress=progress, registry=registry,
                                 batching=batching is OnOff.on, **extra)
         finally:
             if bars.live.is_started:
                 bars.stop()
-        s = result["summary"]
-        err.print(f"{s['models']} models: {s['trained']} trained, {s['reused']} reused, "
-                  f"{s['failed']} failed; measures: {s['measures_computed']} computed, "
-                  f"{s['measures_reused']} reused; {s['seconds']:.1f} s; store: {result['store']}")
-        show_leaderboard(result, sort, markdown)
+    s = result["summary"]
+    say(f"{s['models']} models: {s['trained']} trained, {s['reused']} reused, "
+        f"{s['failed']} failed; measures: {s['measures_computed']} computed, "
+        f"{s['measures_reused']} reused; {s['seconds']:.1f} s; store: {result['store']}")
+    if json_path == "-":
+        emit_json(result, "-")
+    else:
+        show_leaderboard(run_board(result), run_title(result), sort, wide, intervals, markdown)
+    if s["failed"] or s.get("measures_failed"):
+        raise typer.Exit(3)  # completed, with failed models or values
 
 
 @app.command()
-def validate(suite: Annotated[str, typer.Argument(help="suite file or registry name")]) -> None:
-    """Check a suite completely (schema, components, params, grid) without running anything."""
+def validate(suite: SUITE_ARG,
+             json_path: Annotated[Optional[str], json_option("what was checked")] = None) -> None:
+    """Check a suite completely without training: schema, components, params, grid, and
+    that each architecture builds and takes a batch of its dataset."""
     with friendly_errors():
         from genbench.plugins import get_registry
         from genbench.population import expand
+        from genbench.preflight import check_builds
         from genbench.suite import load_suite
 
         registry = get_registry()
         s = load_suite(suite, registry)
-        n = len(expand(s, registry))
-        console.print(f"[green]ok[/green] {s.name}: {n} models, measures: {', '.join(s.measures)}")
+        specs = expand(s, registry)
+        built = check_builds(specs, registry)
+    emit_json({"suite": s.name, "models": len(specs), "architectures": built,
+               "measures": list(s.measures)}, json_path)
+    if json_path == "-":
+        return
+    console.print(f"[green]ok[/green] {s.name}: {len(specs)} models ({built} architectures "
+                  f"built and fed a batch), measures: {', '.join(s.measures)}")
 
 
 @app.command()
 def leaderboard(
     store: STORE = DEFAULT_STORE,
-    suite: Annotated[Optional[str], typer.Option(help="suite name (default: the last run)")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="scoring preset (default: the suite's)")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print the leaderboard JSON")] = False,
-    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="write Markdown here")] = None,
-    sort: Annotated[Optional[str], typer.Option(help="sort by this column")] = None,
+    suite: Annotated[Optional[str], typer.Option(metavar="NAME", help="suite name (default: the last run)")] = None,
+    preset: Annotated[Optional[str], typer.Option(metavar="NAME", help="scoring preset (default: the suite's)")] = None,
+    json_path: Annotated[Optional[str], json_option("the leaderboard")] = None,
+    markdown: MARKDOWN = None,
+    sort: SORT = None,
+    wide: WIDE = False,
+    intervals: INTERVALS = False,
 ) -> None:
     """Re-render the leaderboard of the last run in a store, from stored records alone."""
     from genbench import runner
 
     with friendly_errors():
         result = runner.leaderboard(store, suite=suite, preset=preset)
-        if json_out:
-            typer.echo(json.dumps(result, indent=2, default=str))
-        else:
-            show_leaderboard(result, sort, markdown)
+    emit_json(result, json_path)
+    if json_path != "-":
+        show_leaderboard(run_board(result), run_title(result), sort, wide, intervals, markdown)
+
+
+def _params(items: list[str] | None) -> dict[str, Any]:
+    """--param KEY=VALUE items (values parsed as JSON when they are)."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--param {item}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
 
 
 @app.command()
 def volume(
     store: STORE = DEFAULT_STORE,
-    estimator: Annotated[str, typer.Option(help="volume estimator plugin: laplace or sampling")] = "laplace",
-    suite: Annotated[Optional[str], typer.Option(help="estimate this suite's models (trained first if missing)")] = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", help="estimator param KEY=VALUE (repeatable)")] = None,
+    estimator: Annotated[str, typer.Option(metavar="NAME", help="volume estimator plugin: laplace or sampling")] = "laplace",
+    suite: Annotated[Optional[str], typer.Option(metavar="SUITE", help="estimate this suite's models (trained first if missing)")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", metavar="KEY=VALUE", help="estimator param (repeatable)")] = None,
     device: Annotated[Device, typer.Option(help="where to compute")] = Device.auto,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the estimates as JSON")] = None,
+    json_path: Annotated[Optional[str], json_option("the estimates")] = None,
 ) -> None:
     """Estimate the weight volume of every model in a store (or of a suite's models)."""
+    params = _params(param)
     with friendly_errors():
-        from genbench.runner import resolve_device
+        from genbench.plugins import PluginError, get_registry
         from genbench.estimate import volume_report
-
-        params = {}
-        for item in param or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                fail(f"--param {item}: expected KEY=VALUE")
-            try:
-                params[key] = json.loads(value)
-            except json.JSONDecodeError:
-                params[key] = value
-        from genbench.plugins import get_registry
+        from genbench.runner import resolve_device
         from genbench.suite import check_component
 
+        try:
+            get_registry().get("volume_estimator", estimator)
+        except PluginError as exc:
+            fail(f"--estimator: {exc}")
         problems: list[str] = []
         check_component(get_registry(), "volume_estimator", estimator, params, "--param", problems)
         if problems:
             fail(problems)
-        report = volume_report(store, estimator, params, suite=suite,
-                               device=resolve_device(device.value))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        with spinner(f"estimating weight volumes ({estimator})"):
+            report = volume_report(store, estimator, params, suite=suite,
+                                   device=resolve_device(device.value))
+    emit_json(report, json_path)
+    if json_path != "-":
+        _volume_table(report, estimator)
+
+
+def _volume_table(report: dict[str, Any], estimator: str) -> None:
     from rich.table import Table
+
+    from genbench.suite import short_names
 
     table = Table(title=f"weight volume ({estimator}), {len(report['models'])} models")
     hps = sorted({h for m in report["models"].values() for h in m["hparams"]})
-    from genbench.suite import short_names
-
     names = short_names(hps)
     for col in ["model", *[names[h] for h in hps], "vol/dim (mean)", "sum log vol", "layers", "s"]:
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     for key, m in report["models"].items():
         table.add_row(key[:8], *[str(m["hparams"].get(h, "")) for h in hps],
                       f"{m['vol_per_dim_mean']:.4f}", f"{m['log_vol_sum']:.1f}",
@@ -221,14 +363,14 @@ def volume(
 
 
 @app.command()
-def suites(json_out: Annotated[bool, typer.Option("--json", help="print as JSON")] = False) -> None:
+def suites(json_path: Annotated[Optional[str], json_option("the list")] = None) -> None:
     """List the registry's suites with their model counts and estimated run time here."""
     with friendly_errors():
         from genbench.catalog import list_suites
 
         rows = list_suites()
-    if json_out:
-        typer.echo(json.dumps(rows, indent=2, default=str))
+    emit_json(rows, json_path)
+    if json_path == "-":
         return
     from rich.table import Table
 
@@ -257,57 +399,80 @@ def _cols(text: str | None) -> list[str] | None:
 
 @app.command()
 def score(
-    table: Annotated[Path, typer.Argument(help="CSV or JSON Lines, one row per model")],
-    gap: Annotated[str, typer.Option(help="column of the loss gap (test - train loss)")] = "gap",
-    acc_gap: Annotated[Optional[str], typer.Option(help="column of the accuracy gap (default: acc_gap if present)")] = None,
-    condition_on: Annotated[Optional[str], typer.Option(help="comma-separated hyperparameter columns omega ranges over")] = None,
-    against: Annotated[Optional[str], typer.Option(help="comma-separated hyperparameter columns to report MI with")] = None,
-    measures: Annotated[Optional[str], typer.Option(help="comma-separated measure columns (default: every other numeric column)")] = None,
-    preset: Annotated[str, typer.Option(help="scoring preset: paper, jiang, pgdl")] = "paper",
-    max_omega: Annotated[int, typer.Option(help="largest |omega| to condition on")] = 2,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for intervals (0: none)")] = 0,
-    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the scores as JSON")] = None,
-    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="write the leaderboard as Markdown")] = None,
-    sort: Annotated[Optional[str], typer.Option(help="sort by this column")] = None,
+    table: Annotated[Path, typer.Argument(metavar="TABLE", help="CSV or JSON Lines (one row per model; a `genbench export`), or the JSON that `genbench run --json` wrote")],
+    gap: Annotated[str, typer.Option(metavar="COLUMN", help="column of the loss gap (test - train loss)")] = "gap",
+    acc_gap: Annotated[Optional[str], typer.Option(metavar="COLUMN", help="column of the accuracy gap (default: acc_gap if present)")] = None,
+    condition_on: Annotated[Optional[str], typer.Option(metavar="COLS", help="comma-separated hyperparameter columns omega ranges over (default: an export's hp: columns)")] = None,
+    against: Annotated[Optional[str], typer.Option(metavar="COLS", help="comma-separated hyperparameter columns to report MI with (default: an export's against: columns)")] = None,
+    measures: Annotated[Optional[str], typer.Option(metavar="COLS", help="comma-separated measure columns (default: every other numeric column)")] = None,
+    preset: Annotated[Optional[str], typer.Option(metavar="NAME", help="scoring preset: paper, jiang, pgdl (default: a run JSON's, else paper)")] = None,
+    max_omega: Annotated[Optional[int], typer.Option(metavar="K", help="largest |omega| to condition on (default: 2)")] = None,
+    bootstrap: Annotated[Optional[int], typer.Option(metavar="N", help="bootstrap resamples for intervals (default: 0, none)")] = None,
+    seed: Annotated[Optional[int], typer.Option(metavar="N", help="bootstrap seed (default: 0)")] = None,
+    include_unconverged: Annotated[bool, typer.Option("--include-unconverged", help="score models whose converged column is false too")] = False,
+    json_path: Annotated[Optional[str], json_option("the scores")] = None,
+    markdown: MARKDOWN = None,
+    sort: SORT = None,
+    wide: WIDE = False,
+    intervals: INTERVALS = False,
 ) -> None:
     """Score a population trained anywhere: every measure column against the gap."""
-    from genbench.scoring import PRESETS, score_population
-    from genbench.tables import TableError, load_population
+    from genbench.export import read_table, score_table
+    from genbench.tables import TableError
 
-    if preset not in PRESETS:
-        fail(f"--preset: unknown preset '{preset}'; choose one of {', '.join(sorted(PRESETS))}")
     try:
-        pop = load_population(table, gap=gap, acc_gap=acc_gap, condition_on=_cols(condition_on),
-                              against=_cols(against), measures=_cols(measures))
-        if PRESETS[preset].gap not in pop.gaps:
-            raise TableError(f"--acc-gap: preset '{preset}' scores the accuracy gap; name its column")
-        board = score_population(pop.measures, pop.gaps, pop.hparams,
-                                 condition_on=_cols(condition_on) or [], against=_cols(against) or [],
-                                 preset=preset, max_omega=max_omega, bootstrap=bootstrap, seed=seed)
-    except (TableError, ValueError, OSError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    if json_path is not None:
-        json_path.write_text(json.dumps(board, indent=2) + "\n")
-    from genbench.leaderboard import rich_table, to_markdown
-
-    with friendly_errors():
-        console.print(rich_table(board, sort_by=sort, title=f"{table.name}: {board['n_models']} models"),
-                      crop=False)
-        if markdown is not None:
-            markdown.write_text(to_markdown(board, sort_by=sort))
+        t = read_table(table)
+        with spinner(f"scoring {len(t.rows)} models"):
+            board = score_table(t, gap=gap, acc_gap=acc_gap, condition_on=_cols(condition_on),
+                                against=_cols(against), measures=_cols(measures), preset=preset,
+                                max_omega=max_omega, bootstrap=bootstrap, seed=seed,
+                                include_unconverged=include_unconverged)
+    except (TableError, ValueError, KeyError, OSError) as exc:
+        fail(str(exc).strip("'\"").splitlines()[0] if str(exc) else type(exc).__name__)
+    emit_json(board, json_path)
+    if json_path != "-":
+        show_leaderboard(board, f"{table.name}: {board['n_models']} models", sort, wide,
+                         intervals, markdown)
 
 
 @app.command()
-def plugins(json_out: Annotated[bool, typer.Option("--json", help="print as JSON")] = False) -> None:
+def export(
+    store: STORE = DEFAULT_STORE,
+    run_id: Annotated[Optional[int], typer.Option("--run", metavar="ID", help="the run to export (default: the last)")] = None,
+    csv_path: Annotated[Optional[str], typer.Option("--csv", metavar="PATH", help="write CSV to PATH ('-': stdout)")] = None,
+    jsonl_path: Annotated[Optional[str], typer.Option("--jsonl", metavar="PATH", help="write JSON Lines to PATH ('-': stdout)")] = None,
+) -> None:
+    """Write a run as a flat table, one row per model: key, seed, hyperparameters, metrics,
+    converged, engine, every measure and measure part (`genbench score` reads it back)."""
+    from genbench.export import store_rows, write_csv, write_jsonl
+
+    if csv_path is None and jsonl_path is None:
+        fail("export: name an output with --csv PATH or --jsonl PATH ('-' for stdout)")
+    with friendly_errors():
+        run_record, rows = store_rows(store, run_id)
+        if csv_path is not None:
+            write_csv(rows, csv_path)
+        if jsonl_path is not None:
+            write_jsonl(rows, jsonl_path)
+    say(f"run {run_record['id']} ({run_record['suite']}): {len(rows)} models exported")
+
+
+@app.command()
+def plugins(
+    json_path: Annotated[Optional[str], json_option("the list")] = None,
+    params: Annotated[Optional[str], typer.Option("--params", metavar="NAME", help="list this component's params instead (as `describe`)")] = None,
+) -> None:
     """List every plugin, its version and its components; failed plugins with their error."""
+    if params is not None:
+        describe(params, json_path)
+        return
     from genbench.plugins import get_registry
 
     registry = get_registry()
     rows = [{"name": p.name, "version": p.version, "builtin": p.builtin,
              "components": p.components, "error": p.error} for p in registry.plugins.values()]
-    if json_out:
-        typer.echo(json.dumps(rows, indent=2))
+    emit_json(rows, json_path)
+    if json_path == "-":
         return
     from rich.table import Table
 
@@ -315,13 +480,73 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="print as JSON
     for col in ("plugin", "version", "source", "components / error"):
         table.add_column(col)
     for r in rows:
-        what = f"[red]FAILED: {r['error']}[/red]" if r["error"] else ", ".join(r["components"])
+        what = f"[red]FAILED: {escape(r['error'])}[/red]" if r["error"] else ", ".join(r["components"])
         table.add_row(r["name"], r["version"], "built-in" if r["builtin"] else "third-party", what)
     console.print(table)
 
 
-def main() -> None:  # console-script entry point
-    app(prog_name="genbench")
+@app.command()
+def describe(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="a component: NAME or KIND:NAME (e.g. measure:pac_sharpness)")],
+    json_path: Annotated[Optional[str], json_option("the params")] = None,
+) -> None:
+    """Show a component's params: name, type, default and description."""
+    from genbench.introspect import describe_component
+
+    with friendly_errors():
+        info = describe_component(name)
+    emit_json(info, json_path)
+    if json_path == "-":
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{info['kind']} {info['name']} (version {info['version']}, "
+                        f"plugin {info['plugin']})", caption=info["doc"] or None)
+    for col in ("param", "type", "default", "description"):
+        table.add_column(col, overflow="fold")
+    for p in info["params"]:
+        table.add_row(p["name"], p["type"], "(required)" if p["required"] else json.dumps(p["default"]),
+                      p["description"])
+    console.print(table)
+
+
+@app.command()
+def version(json_path: Annotated[Optional[str], json_option("the versions")] = None) -> None:
+    """Versions of genbench, Python, torch and CUDA, and of every plugin."""
+    import platform
+
+    import torch
+
+    from genbench import __version__
+    from genbench.plugins import get_registry
+
+    cuda = torch.cuda.is_available()
+    info = {"genbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda_build": torch.version.cuda, "cuda_available": cuda,
+            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if cuda else [],
+            "plugins": {p.name: p.version for p in get_registry().plugins.values()}}
+    emit_json(info, json_path)
+    if json_path == "-":
+        return
+    typer.echo(f"genbench {info['genbench']}\npython {info['python']}\ntorch {info['torch']}"
+               f" (CUDA build: {info['cuda_build'] or 'none, CPU only'}; device: "
+               f"{', '.join(info['cuda_devices']) or 'none'})")
+    for name, v in info["plugins"].items():
+        typer.echo(f"plugin {name} {v}")
+
+
+def main() -> None:
+    """Console-script entry point: an unexpected error is one line and exit code 1
+    (``genbench -vv ...`` shows its traceback)."""
+    try:
+        app(prog_name="genbench", standalone_mode=True)
+    except Exception as exc:  # noqa: BLE001 - no traceback reaches a user
+        if STATE["verbosity"] >= 2:
+            raise
+        err.print(f"[red]error:[/red] internal error: {escape(f'{type(exc).__name__}: {exc}')} "
+                  "(genbench -vv ... shows the traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,191 +1,286 @@
 """Render the dict returned by :func:`genbench.scoring.score_population` as a table.
 
-One row per measure, the paper's Table 2 columns (MI with each 'against'
-hyperparameter, such as dropout; MI with the gap at |omega| = 2, 1, 0) followed by the
-minimum-reduced MI (Jiang et al.), the signed Kendall's tau (MI is blind to direction,
-so it must be read beside a signed statistic), the granulated tau and the average and
-robust sign-errors (paper Table 14). The best value of each column is highlighted;
-"best" is the largest value except for the sign-errors, where it is the smallest.
+One row per measure, sorted by the preset's headline score (best first). The compact
+table (the default, it fits a 100-column terminal) shows the headline, the MI with the
+gap at each |omega| under the preset's reduction (mean for ``paper``, minimum for
+``jiang`` and ``pgdl``), Kendall's tau and the average sign-error; ``wide=True`` shows
+every score (MI with each 'against' hyperparameter, both reductions, the granulated
+tau, the robust sign-error). Headers are the names docs/quickstart.md uses.
 
-The JSON form of the leaderboard is the dict itself (it holds only str, int, float,
-None, lists and dicts). ``rich`` is imported only when a rich table is asked for, and
-torch never is.
+MI is blind to direction (science.md section 3), so every MI with the gap is shown
+multiplied by the measure's direction (the entry's ``"direction"``, else the sign of its
+Kendall's tau): a measure that ranks models exactly backwards reads -1.000, never a
+bold 1.000. The best value of each column is bold: the largest, except for the
+sign-errors, where it is the smallest. A value that is undefined shows as ``n/a``,
+with the scoring dict's reason (``"notes"``) in the legend.
+
+The JSON form of the leaderboard is the dict itself. ``rich`` is imported only when a
+rich table is asked for, and torch never is.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
     from rich.table import Table
 
-__all__ = ["COLUMNS", "columns", "rows", "rich_table", "to_markdown"]
+__all__ = ["Column", "SORT_HELP", "columns", "headline", "rows", "rich_table", "to_markdown",
+           "print_table"]
 
-#: Fixed columns: (column id, header, score path, better). :func:`columns` puts one
-#: ("mi_<hp>", "MI(<hp>)", "mi_hparam.<hp>", "high") column per 'against'
-#: hyperparameter in front of these, and drops |omega| columns a board does not have.
-COLUMNS: list[tuple[str, str, str, str]] = [
-    ("gg2", "GG ω2", "mi.2", "high"),
-    ("gg1", "GG ω1", "mi.1", "high"),
-    ("gg0", "GG ω0", "mi.0", "high"),
-    ("gg2_min", "minGG ω2", "mi_min.2", "high"),
-    ("gg1_min", "minGG ω1", "mi_min.1", "high"),
-    ("tau", "τ", "kendall_tau", "high"),
-    ("gtau", "gran. τ", "granulated_kendall", "high"),
-    ("sign_error", "SE", "sign_error", "low"),
-    ("robust_sign_error", "max SE", "robust_sign_error", "low"),
-]
-LEGEND = ("GG ωk: sign-MI with the gap at |ω| = k (mean over ω); minGG: minimum over ω; "
-          "τ: Kendall's tau with the gap; SE: average sign-error, max SE: robust sign-error")
+
+@dataclass(frozen=True)
+class Column:
+    """One leaderboard column: its ``--sort`` id, header, score path and legend."""
+
+    id: str
+    header: str
+    path: str            # "mi.2", "mi_hparam.dropout", "kendall_tau", ...
+    better: str          # "high" or "low"
+    legend: str
+    signed: bool = False  # shown multiplied by the measure's direction
+
+
+def _fixed(ks: list[str]) -> list[Column]:
+    out = [Column(f"gg{k}", f"GG |ω|={k}", f"mi.{k}", "high",
+                  f"sign-MI with the gap at |ω|={k} (mean over ω), times the sign of τ", True)
+           for k in ks]
+    out += [Column(f"gg{k}_min", f"min GG |ω|={k}", f"mi_min.{k}", "high",
+                   f"sign-MI with the gap at |ω|={k} (minimum over ω), times the sign of τ", True)
+            for k in ks]
+    return out + [
+        Column("tau", "tau", "kendall_tau", "high", "Kendall's τ with the gap (signed)"),
+        Column("gtau", "gran. tau", "granulated_kendall", "high", "Jiang's granulated τ"),
+        Column("sign_error", "sign-err", "sign_error", "low",
+               "average sign-error over environments (lower is better)"),
+        Column("robust_sign_error", "max sign-err", "robust_sign_error", "low",
+               "robust (maximum) sign-error over environments (lower is better)"),
+    ]
+
+
+SORT_HELP = ("gg0/gg1/gg2 (GG |ω|=k), gg0_min/gg1_min/gg2_min, tau, gtau, sign_error, "
+             "robust_sign_error, mi_<hyperparameter>; default: the preset's headline score")
 
 
 def _entries(board: dict) -> dict[str, dict]:
     return board.get("leaderboard", {})
 
 
-def _get(entry: dict, path: str) -> float | None:
-    """The value at a score path ("mi.2", "mi_hparam.dropout", "kendall_tau")."""
-    head, _, tail = path.partition(".")
+def _ks(board: dict) -> list[str]:
+    """The |omega| values the board has, largest first (the paper's column order)."""
+    have = {k for e in _entries(board).values() for k in e.get("mi", {})}
+    return sorted(have, key=int, reverse=True)
+
+
+def _against(board: dict) -> list[str]:
+    against = list(board.get("options", {}).get("against") or [])
+    for e in _entries(board).values():
+        against += [h for h in e.get("mi_hparam", {}) if h not in against]
+    return against
+
+
+def headline(board: dict) -> Column:
+    """The preset's headline score: MI with the gap at the largest |omega| under the
+    preset's reduction over subsets (mean: ``paper``; minimum: ``jiang``, ``pgdl``);
+    Kendall's tau when the board has no MI."""
+    cols = {c.path: c for c in _fixed(_ks(board))}
+    ks = _ks(board)
+    if not ks:
+        return cols["kendall_tau"]
+    minimum = board.get("options", {}).get("reduce") == "min"
+    return cols[f"{'mi_min' if minimum else 'mi'}.{ks[0]}"]
+
+
+def columns(board: dict, wide: bool = False) -> list[Column]:
+    """The board's columns: compact (headline, GG at each |omega| under the preset's
+    reduction, tau, sign-error) or, with ``wide``, every score the board has."""
+    from genbench.suite import short_names
+
+    against = _against(board)
+    names = short_names(against)
+    mi_hp = [Column(f"mi_{h}", f"MI {names[h]}", f"mi_hparam.{h}", "high",
+                    f"sign-MI with {h} (unsigned)") for h in against]
+    fixed = _fixed(_ks(board))
+    if wide:
+        return mi_hp + fixed
+    head = headline(board)
+    family = head.path.split(".")[0] if head.path.startswith("mi") else "mi"
+    keep = {"kendall_tau", "sign_error"}
+    return [head] + [c for c in fixed if c != head and (c.path.split(".")[0] == family
+                                                         or c.path in keep)]
+
+
+def _resolve_sort(board: dict, sort_by: str | None) -> Column:
+    if sort_by is None:
+        return headline(board)
+    cols = columns(board, wide=True)
+    for c in cols:
+        if sort_by in (c.id, c.path):
+            return c
+    raise ValueError(f"--sort: unknown column {sort_by!r}; choose one of "
+                     f"{', '.join(c.id for c in cols)}")
+
+
+def direction(entry: dict) -> int:
+    """The measure's direction: the entry's ``"direction"``, else the sign of its tau."""
+    d = entry.get("direction")
+    if d is None:
+        tau = entry.get("kendall_tau")
+        d = 0 if tau is None else (tau > 0) - (tau < 0)
+    return int(d)
+
+
+def value(entry: dict, col: Column) -> float | None:
+    """The value shown in a cell (signed MI where the column says so); None if undefined."""
+    head, _, tail = col.path.partition(".")
     v = entry.get(head)
     if tail:
         v = v.get(tail) if isinstance(v, dict) else None
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def columns(board: dict) -> list[tuple[str, str, str, str]]:
-    """The concrete columns of this board: MI with each 'against' hyperparameter, then
-    every fixed column whose score the board has."""
-    entries = list(_entries(board).values())
-    against = list(board.get("options", {}).get("against") or [])
-    for e in entries:
-        for h in e.get("mi_hparam", {}):
-            if h not in against:
-                against.append(h)
-    have_k = set()
-    for e in entries:
-        have_k.update(e.get("mi", {}).keys())
-    from genbench.suite import short_names
-
-    names = short_names(against)
-    cols = [(f"mi_{h}", f"MI {names[h]}", f"mi_hparam.{h}", "high") for h in against]
-    for cid, header, path, better in COLUMNS:
-        if path.startswith("mi") and path.split(".", 1)[1] not in have_k:
-            continue
-        cols.append((cid, header, path, better))
-    return cols
-
-
-def _resolve_sort(cols: list[tuple[str, str, str, str]], sort_by: str) -> tuple[str, str]:
-    for cid, _, path, better in cols:
-        if sort_by in (cid, path):
-            return path, better
-    valid = [c[0] for c in cols]
-    raise ValueError(f"unknown column {sort_by!r}; sort by one of {valid}")
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return None
+    return v * direction(entry) if col.signed else v
 
 
 def rows(board: dict, sort_by: str | None = None) -> list[tuple[str, dict]]:
-    """(measure, entry) pairs in display order: the board's order, or sorted by a column
-    (best first: descending for "high"-better columns, ascending for "low"; missing
-    values last; equal values keep the board's order)."""
-    items = list(_entries(board).items())
-    if sort_by is None:
-        return items
-    path, better = _resolve_sort(columns(board), sort_by)
-    sign = -1.0 if better == "high" else 1.0
+    """(measure, entry) pairs, best first by ``sort_by`` (a column id or score path;
+    default the headline): descending for "high"-better columns, ascending for "low",
+    undefined values last, equal values in the board's order."""
+    col = _resolve_sort(board, sort_by)
+    sign = -1.0 if col.better == "high" else 1.0
 
     def key(item: tuple[str, dict]) -> tuple[int, float]:
-        v = _get(item[1], path)
-        return (1, 0.0) if v is None or not math.isfinite(v) else (0, sign * v)
+        v = value(item[1], col)
+        return (1, 0.0) if v is None else (0, sign * v)
 
-    return sorted(items, key=key)
+    return sorted(_entries(board).items(), key=key)
 
 
-def _best(entries: list[dict], path: str, better: str) -> float | None:
-    vals = [v for v in (_get(e, path) for e in entries) if v is not None and math.isfinite(v)]
+def _best(entries: list[dict], col: Column) -> float | None:
+    vals = [v for v in (value(e, col) for e in entries) if v is not None]
     if not vals:
         return None
-    return max(vals) if better == "high" else min(vals)
+    return max(vals) if col.better == "high" else min(vals)
 
 
-def _cell(entry: dict, path: str) -> str:
-    v = _get(entry, path)
-    text = "—" if v is None else f"{v:.3f}"
-    ci = entry.get("ci", {}).get(path)
+def _cell(entry: dict, col: Column, intervals: bool) -> str:
+    v = value(entry, col)
+    if v is None:
+        return "n/a"
+    text = f"{v:.3f}"
+    ci = entry.get("ci", {}).get(col.path) if intervals else None
     if ci and ci[0] is not None and ci[1] is not None:
-        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+        lo, hi = sorted(x * direction(entry) if col.signed else x for x in ci)
+        text += f" [{lo:.3f}, {hi:.3f}]"
     return text
 
 
-def _is_best(entry: dict, path: str, best: float | None) -> bool:
-    v = _get(entry, path)
+def _is_best(entry: dict, col: Column, best: float | None) -> bool:
+    v = value(entry, col)
     return v is not None and best is not None and abs(v - best) <= 1e-12
 
 
-def _caption(board: dict) -> str:
+def _caption(board: dict, cols: list[Column], sort_col: Column, intervals: bool) -> list[str]:
+    """The options line, the left-out models, a legend line per column, the n/a reasons."""
     o = board.get("options", {})
-    if not o:
-        return ""
-    mi = "MI normalized by H" if o.get("normalize") else f"MI unnormalized (log base {o.get('log_base')})"
-    parts = [f"gap: {o.get('gap')}", mi, f"ties: {o.get('tie_rule')}"]
-    if o.get("gap_tol"):
-        parts.append(f"|Δgap| <= {o.get('gap_tol')} is a tie")
-    parts.append(f"cells: {o.get('cell_reduce')}")
-    if o.get("bootstrap"):
-        parts.append(f"[{o.get('ci_level', 0.95):.0%} bootstrap interval, {o.get('bootstrap')} resamples]")
-    return "; ".join(parts) + ".\n" + LEGEND
+    lines = []
+    if o:
+        mi = ("MI normalized by H" if o.get("normalize")
+              else f"MI unnormalized (log base {o.get('log_base')})")
+        parts = [f"{board.get('preset', '?')} preset", f"gap: {o.get('gap')}", mi,
+                 f"ties: {o.get('tie_rule')}"]
+        if o.get("gap_tol"):
+            parts.append(f"|Δgap| <= {o.get('gap_tol')} is a tie")
+        parts.append(f"cells: {o.get('cell_reduce')}")
+        if o.get("bootstrap"):
+            parts.append(f"{o.get('ci_level', 0.95):.0%} bootstrap intervals from "
+                         f"{o.get('bootstrap')} resamples" + ("" if intervals else
+                                                              " (shown with --intervals)"))
+        lines.append("; ".join(parts) + ".")
+    unconverged = (board.get("left_out") or {}).get("unconverged")
+    if unconverged is not None:  # said even when 0: a reader should not have to wonder
+        lines.append(f"{unconverged} unconverged model(s) left out" +
+                     (" (--include-unconverged puts them back)." if unconverged else "."))
+    lines.append(f"Sorted by {sort_col.header}, best first; bold: best in its column.")
+    lines += [f"{c.header}: {c.legend}" for c in cols]
+    notes = board.get("notes") or {}
+    entries = list(_entries(board).values())
+    for c in cols:
+        if any(value(e, c) is None for e in entries):
+            why = notes.get(c.path) or notes.get(c.id) or "undefined here (no pair qualifies, or H = 0)"
+            lines.append(f"n/a in {c.header}: {why}")
+    return lines
 
 
-def rich_table(board: dict, sort_by: str | None = None, title: str | None = None) -> Table:
-    """The leaderboard as a rich Table, best value per column in bold green."""
-    from rich.table import Table
-
-    cols = columns(board)
+def _layout(board: dict, sort_by: str | None, wide: bool):
+    cols = columns(board, wide)
     ordered = rows(board, sort_by)
     entries = [e for _, e in ordered]
-    if title is None:
-        title = f"Generalization measures ({board.get('preset', '?')} preset, {board.get('n_models', '?')} models)"
-    from rich import box
+    best = {c: _best(entries, c) for c in cols}
+    return cols, ordered, best
 
-    table = Table(title=title, caption=_caption(board) or None, box=box.SIMPLE_HEAD)
-    table.add_column("Measure", style="bold", no_wrap=True,
-                     min_width=max([len(n) for n, _ in ordered] + [7]))
-    table.add_column("n", justify="right")
-    for _, header, _, better in cols:
-        label = header + (" ↓" if better == "low" else "")
-        # "-0.333" stays whole; MI-with-hyperparameter headers keep their name readable
-        width = min(len(label), 14) if label.startswith("MI ") else 6
-        table.add_column(label, justify="right", no_wrap=False, min_width=width)
-    best = {path: _best(entries, path, better) for _, _, path, better in cols}
+
+def rich_table(board: dict, sort_by: str | None = None, title: str | None = None,
+               wide: bool = False, intervals: bool = False) -> Table:
+    """The leaderboard as a rich Table, best value per column in bold green.
+    Cells never wrap; print it with :func:`print_table` so none is cut either."""
+    from rich import box
+    from rich.table import Table
+
+    cols, ordered, best = _layout(board, sort_by, wide)
+    if title is None:
+        title = (f"Generalization measures ({board.get('preset', '?')} preset, "
+                 f"{board.get('n_models', '?')} models)")
+    caption = "\n".join(_caption(board, cols, _resolve_sort(board, sort_by), intervals))
+    table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("Measure", style="bold", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
+    for c in cols:
+        table.add_column(c.header, justify="right", no_wrap=True)
     for name, e in ordered:
         cells = [name, str(e.get("n_models", ""))]
-        for _, _, path, _ in cols:
-            text = _cell(e, path)
-            cells.append(f"[bold green]{text}[/bold green]" if _is_best(e, path, best[path]) else text)
+        for c in cols:
+            text = _cell(e, c, intervals)
+            cells.append(f"[bold green]{text}[/bold green]" if _is_best(e, c, best[c]) else text)
         table.add_row(*cells)
     return table
 
 
-def to_markdown(board: dict, sort_by: str | None = None) -> str:
+def print_table(console: Console, table: Table) -> None:
+    """Print a table at least as wide as its widest row needs, so no number is cut
+    (rich would otherwise shrink columns to the terminal and truncate cells)."""
+    from rich.measure import Measurement
+
+    caption, table.caption = table.caption, None  # the caption wraps; it sets no width
+    need = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    table.caption = caption
+    width = console.width
+    console.width = max(width, need)  # print() clamps its width to the console's
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
+
+
+def to_markdown(board: dict, sort_by: str | None = None, wide: bool = False,
+                intervals: bool = False) -> str:
     """The same table as GitHub Markdown, best value per column in bold."""
-    cols = columns(board)
-    ordered = rows(board, sort_by)
-    entries = [e for _, e in ordered]
-    best = {path: _best(entries, path, better) for _, _, path, better in cols}
+    cols, ordered, best = _layout(board, sort_by, wide)
 
     def esc(text: str) -> str:
         return text.replace("|", "\\|")
 
-    header = ["Measure", "n"] + [esc(h) + (" ↓" if b == "low" else "") for _, h, _, b in cols]
+    header = ["Measure", "n"] + [esc(c.header) for c in cols]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join([":---", "---:"] + ["---:"] * len(cols)) + "|"]
     for name, e in ordered:
         cells = [esc(name), str(e.get("n_models", ""))]
-        for _, _, path, _ in cols:
-            text = _cell(e, path)
-            cells.append(f"**{text}**" if _is_best(e, path, best[path]) else text)
+        for c in cols:
+            text = _cell(e, c, intervals)
+            cells.append(f"**{text}**" if _is_best(e, c, best[c]) else text)
         lines.append("| " + " | ".join(cells) + " |")
-    caption = _caption(board)
-    if caption:
-        lines += [""] + [esc(c) for c in caption.split("\n")]
+    caption = _caption(board, cols, _resolve_sort(board, sort_by), intervals)
+    lines += [""] + [esc(c) + "  " for c in caption]
     return "\n".join(lines) + "\n"

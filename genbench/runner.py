@@ -18,13 +18,25 @@ from genbench.store import Store
 from genbench.suite import Suite, load_suite, short_names
 from genbench.tasks import DataCache, MeasureTask, Trainer, TrainTask, Worker, groups, setup_for, write
 
-# progress(stage, total) -> advance(description); the CLI draws bars, the library stays quiet.
+# progress(stage, total) -> advance(description); the CLI draws bars, the library logs.
 Progress = Callable[[str, int], Callable[[str], None]]
 DEFAULT_STORE = ".genbench"
 
 
 def _quiet(stage: str, total: int) -> Callable[[str], None]:
     return lambda description: None
+
+
+def log_progress(stage: str, total: int) -> Callable[[str], None]:
+    """run()'s default progress: an INFO line on logger "genbench.progress" per tenth of a stage."""
+    log, done = logging.getLogger("genbench.progress"), [0]
+
+    def advance(description: str) -> None:
+        done[0] += 1
+        if done[0] == total or done[0] * 10 // total > (done[0] - 1) * 10 // total:
+            log.info("%s: %d/%d (%s)", stage, done[0], total, description)
+
+    return advance
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -207,7 +219,7 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
     t0 = time.perf_counter()
     registry = registry or get_registry()
     suite = suite if isinstance(suite, Suite) else load_suite(suite, registry)
-    progress = progress or _quiet
+    progress = progress or log_progress
     device = resolve_device(device)
     specs = expand(suite, registry)
     keys = [s.key for s in specs]

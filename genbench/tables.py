@@ -85,9 +85,9 @@ def _column(rows: list[dict[str, Any]], col: str, option: str, allow_empty: bool
 
 def load_population(path: Path, gap: str = "gap", acc_gap: str | None = None,
                     condition_on: list[str] | None = None, against: list[str] | None = None,
-                    measures: list[str] | None = None) -> Population:
-    """Validate the table and split it into measures, gaps and hyperparameters."""
-    rows = read_rows(path)
+                    measures: list[str] | None = None, rows: list[dict] | None = None) -> Population:
+    """Validate the table (``rows`` if given, else read from ``path``) and split it into measures, gaps and hyperparameters."""
+    rows = read_rows(path) if rows is None else rows
     if len(rows) < 3:
         raise TableError(f"TABLE: {len(rows)} model row(s); scoring needs at least 3")
     columns = list(dict.fromkeys(k for r in rows for k in r))

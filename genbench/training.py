@@ -155,7 +155,7 @@ def train_one(spec: Any, data: DataBundle, registry: Registry, device: str | tor
             history.append(entry)
             if stop_reached(recipe, train_loss, train_acc):
                 break
-        metrics = final_metrics(model, data, epoch, history)
+        metrics = {**final_metrics(model, data, epoch, history), "engine": "sequential"}
     final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return TrainResult(init_state, final_state, metrics, time.perf_counter() - t0)
 
