@@ -6,6 +6,7 @@ work and an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
