@@ -7,15 +7,15 @@ work and an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from genbench.plugins import Registry, get_registry
+from genbench.limits import time_limit
+from genbench.plugins import Registry, contain, get_registry, measure_value
 from genbench.population import ModelSpec, content_key, dataset_key, expand
-from genbench.store import Store
+from genbench.store import Store, StoreDamage, atomic_write_text
 from genbench.suite import Suite, load_suite, short_names
 from genbench.threads import sensible_threads, torch_threads
 
@@ -110,7 +110,8 @@ class Trainer:
                 log.debug("group of %d models trained one at a time: it mixes datasets", len(group))
             except NotBatchable as exc:
                 log.debug("group of %d models trained one at a time: %s", len(group), exc)
-            except Exception as exc:  # noqa: BLE001 - the reference path still trains them
+            except BaseException as exc:  # noqa: BLE001 - the reference path still trains them
+                contain(exc)
                 log.warning("batched training failed (%s: %s); training %d models one at a time",
                             type(exc).__name__, exc, len(group))
         from genbench.training import train_one
@@ -119,7 +120,8 @@ class Trainer:
         for spec in group:
             try:
                 results.append(train_one(spec, self.data.get(spec.config), self.registry, self.device))
-            except Exception as exc:  # noqa: BLE001 - a failed model is recorded, the run goes on
+            except BaseException as exc:  # noqa: BLE001 - a failed model is recorded, the run goes on
+                contain(exc)  # re-raises Ctrl-C/SIGTERM only
                 results.append(exc)
         return results
 
@@ -183,7 +185,7 @@ def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registr
 
     def on_done(spec: ModelSpec, result: Any) -> None:
         if isinstance(result, BaseException):
-            store.save_failure(spec, f"{type(result).__name__}: {result}")
+            store.save_failure(spec, contain(result))
             counts["failed"] += 1
         else:
             store.save_model(spec, result.init_state, result.final_state, result.metrics,
@@ -219,7 +221,7 @@ def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, regis
     if not total:
         return counts
     advance = progress("measure", total)
-    settings = {"volume": suite.volume}
+    settings = {"volume": suite.volume, "measure_seconds": suite.limits.measure_seconds}
     with torch_threads(sensible_threads()):
         _measure_work(work, store, registry, device, data, settings, advance, counts)
     return counts
@@ -231,7 +233,15 @@ def _measure_work(work: list, store: Store, registry: Registry, device: str, dat
     from genbench.context import MeasureContext
 
     for spec, missing in work:
-        init, final = store.load_weights(spec.key)
+        try:
+            init, final = store.load_weights(spec.key)
+        except StoreDamage as exc:  # this model's values fail with the fix; the others go on
+            for entry, _, rkey, mat in missing:
+                store.put_result(rkey, spec.key, "measure", entry.cls.name, mat["params"],
+                                 entry.provenance, error=str(exc))
+                advance(entry.cls.name)
+            counts["failed"] = counts.get("failed", 0) + len(missing)
+            continue
         ctx = MeasureContext(key=spec.key, hparams=spec.hparams, config=spec.config,
                              data=data.get(spec.config), registry=registry, store=store,
                              init_state=init, final_state=final, device=device, settings=settings)
@@ -239,11 +249,11 @@ def _measure_work(work: list, store: Store, registry: Registry, device: str, dat
             t0 = time.perf_counter()
             value, error = None, None
             try:
-                value = float(inst.compute(ctx))
-                if not math.isfinite(value):
-                    error, value = f"non-finite value {value}", None
-            except Exception as exc:  # noqa: BLE001 - stored per model; the run goes on
-                error = f"{type(exc).__name__}: {exc}"
+                with time_limit(settings.get("measure_seconds")):
+                    value = measure_value(inst.compute(ctx))
+            except BaseException as exc:  # noqa: BLE001 - stored per model; the run goes on
+                error = contain(exc)  # sys.exit and time-outs included; Ctrl-C still stops
+                counts["failed"] = counts.get("failed", 0) + 1
             store.put_result(rkey, spec.key, "measure", entry.cls.name, mat["params"],
                              entry.provenance, value=value, error=error,
                              seconds=time.perf_counter() - t0)
@@ -297,6 +307,7 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
         progress: Progress | None = None, registry: Registry | None = None,
         batching: bool = True, executor_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a suite end to end and return the run JSON (see docs/concepts.md for its shape)."""
+    from genbench.check import failure_summary
     t0 = time.perf_counter()
     registry = registry or get_registry()
     suite = suite if isinstance(suite, Suite) else load_suite(suite, registry)
@@ -304,7 +315,7 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
     device = resolve_device(device)
     specs = expand(suite, registry)
     keys = [s.key for s in specs]
-    with Store(store) as st:
+    with Store(store) as st, st.run_lock(suite.name):
         run_id = st.start_run(suite.name, suite.model_dump(mode="json"), keys)
         data = DataCache(registry)
         trained = train_population(specs, suite, st, registry, device, progress, executor, data,
@@ -318,6 +329,7 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
                    "failed": failed, "measures_computed": measured["computed"],
                    "measures_reused": measured["reused"],
                    "seconds": round(time.perf_counter() - t0, 3)}
+        summary.update(failure_summary(st, suite, keys, registry))  # measures_failed, failures
         result = build_result(suite, str(st.root), summary, rows, board)
         st.finish_run(run_id, summary)
     if json_path is not None:
@@ -338,13 +350,14 @@ def write_json(obj: Any, path: str | Path) -> None:
     import json
 
     # numpy scalars become Python numbers; anything else unexpected becomes its text
-    Path(path).write_text(json.dumps(obj, indent=2, default=lambda o: o.item()
+    atomic_write_text(path, json.dumps(obj, indent=2, default=lambda o: o.item()
                                      if hasattr(o, "item") else str(o)) + "\n")
 
 
 def leaderboard(store: str | Path = DEFAULT_STORE, suite: str | None = None,
                 preset: str | None = None, registry: Registry | None = None) -> dict[str, Any]:
     """Re-score the last run in a store (of ``suite``, if given) from stored records alone."""
+    from genbench.check import partial_summary
     registry = registry or get_registry()
     if not (Path(store) / "genbench.sqlite").exists():
         raise FileNotFoundError(f"--store {store}: no genbench store there; run `genbench run` first")
@@ -355,5 +368,6 @@ def leaderboard(store: str | Path = DEFAULT_STORE, suite: str | None = None,
         s = Suite(**last["suite_json"])
         rows = collect(st, s, last["model_keys"], registry)
         board = score_rows(rows, s, preset=preset) if len(rows) >= 3 else None
-        return build_result(s, str(st.root), last["summary"] or {}, rows, board)
+        return build_result(s, str(st.root), last["summary"] or partial_summary(st, last, s, registry),
+                            rows, board)
 
