@@ -4,6 +4,7 @@ so `genbench --help` stays fast."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -46,17 +47,31 @@ def friendly_errors():
     """Turn expected user errors into one-line messages."""
     from pydantic import ValidationError
 
+    import click
+
+    from genbench.limits import STOPPED, exit_code, stop_on_sigterm
     from genbench.plugins import PluginError
     from genbench.suite import SuiteError, pydantic_problems
 
     try:
-        yield
+        with stop_on_sigterm():
+            yield
     except SuiteError as exc:
         fail(exc.problems)
     except ValidationError as exc:
         fail(pydantic_problems(exc, prefix=f"{exc.title}."))
     except (PluginError, FileNotFoundError, LookupError, ValueError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as limits.Terminated
+        err.print(STOPPED, highlight=False, markup=False)
+        raise typer.Exit(exit_code(exc)) from None
+    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback on request
+        if os.environ.get("GENBENCH_DEBUG"):
+            raise
+        fail(f"internal error (a bug; please report it, GENBENCH_DEBUG=1 shows the traceback): "
+             f"{type(exc).__name__}: {exc}", code=1)
 
 
 def rich_progress():
@@ -83,14 +98,19 @@ def rich_progress():
 def show_leaderboard(result: dict[str, Any], sort: str | None, markdown: Path | None) -> None:
     from genbench.leaderboard import rich_table, to_markdown
 
+    from genbench.check import notes
+    from genbench.store import atomic_write_text
+
     board = {**result.get("scoring", {}), "leaderboard": result["leaderboard"]}
     if not result["leaderboard"]:
         err.print("No leaderboard: fewer than 3 trained models.")
-        return
-    console.print(rich_table(board, sort_by=sort, title=f"{result['suite']}: "
-                             f"{board.get('n_models', len(result['models']))} models"), crop=False)
-    if markdown is not None:
-        markdown.write_text(to_markdown(board, sort_by=sort))
+    else:
+        console.print(rich_table(board, sort_by=sort, title=escape(
+            f"{result['suite']}: {board.get('n_models', len(result['models']))} models")), crop=False)
+        if markdown is not None:
+            atomic_write_text(markdown, to_markdown(board, sort_by=sort))
+    for line in notes(result.get("summary") or {}):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -104,16 +124,27 @@ def run(
     address: Annotated[Optional[str], typer.Option(help="cluster address for the ray executor")] = None,
     batching: Annotated[OnOff, typer.Option(help="train same-shape models as one stacked computation")] = OnOff.on,
     sort: Annotated[Optional[str], typer.Option(help="sort the leaderboard by this column")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="train and measure again what failed before")] = False,
 ) -> None:
-    """Train a suite's population, compute every measure, score them, show the leaderboard."""
+    """Train a suite's population, compute every measure, score them, show the leaderboard.
+
+    Exit code 0: all done; 3: done, but some models or values failed; 2: bad input;
+    1: internal error; 130/143: stopped by Ctrl-C/SIGTERM (rerun to resume)."""
     from genbench import runner
 
     with friendly_errors():
+        from genbench.check import check_output, retry_failed as forget_failures
         from genbench.plugins import get_registry
         from genbench.suite import load_suite
 
+        check_output(json_path, "--json")
+        check_output(markdown, "--markdown")
         registry = get_registry()
         spec = load_suite(suite, registry)  # every problem is reported before any work starts
+        if retry_failed:
+            from genbench.population import expand
+
+            forget_failures(store, [m.key for m in expand(spec, registry)])
         bars, progress = rich_progress()
         extra = {"executor_params": {"address": address}} if address else {}
         try:
@@ -126,8 +157,11 @@ def run(
         s = result["summary"]
         err.print(f"{s['models']} models: {s['trained']} trained, {s['reused']} reused, "
                   f"{s['failed']} failed; measures: {s['measures_computed']} computed, "
-                  f"{s['measures_reused']} reused; {s['seconds']:.1f} s; store: {result['store']}")
+                  f"{s['measures_reused']} reused, {s.get('measures_failed', 0)} failed; "
+                  f"{s['seconds']:.1f} s; store: {result['store']}", markup=False, highlight=False)
         show_leaderboard(result, sort, markdown)
+    if s["failed"] or s.get("measures_failed"):
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -141,7 +175,8 @@ def validate(suite: Annotated[str, typer.Argument(help="suite file or registry n
         registry = get_registry()
         s = load_suite(suite, registry)
         n = len(expand(s, registry))
-        console.print(f"[green]ok[/green] {s.name}: {n} models, measures: {', '.join(s.measures)}")
+        console.print(f"[green]ok[/green] {escape(s.name)}: {n} models, measures: "
+                      f"{escape(', '.join(s.measures))}")
 
 
 @app.command()
@@ -157,6 +192,9 @@ def leaderboard(
     from genbench import runner
 
     with friendly_errors():
+        from genbench.check import check_output
+
+        check_output(markdown, "--markdown")
         result = runner.leaderboard(store, suite=suite, preset=preset)
         if json_out:
             typer.echo(json.dumps(result, indent=2, default=str))
@@ -197,7 +235,9 @@ def volume(
         report = volume_report(store, estimator, params, suite=suite,
                                device=resolve_device(device.value))
     if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        from genbench.store import atomic_write_text
+
+        atomic_write_text(json_path, json.dumps(report, indent=2, default=str) + "\n")
     from rich.table import Table
 
     table = Table(title=f"weight volume ({estimator}), {len(report['models'])} models")
@@ -274,6 +314,10 @@ def score(
     if preset not in PRESETS:
         fail(f"--preset: unknown preset '{preset}'; choose one of {', '.join(sorted(PRESETS))}")
     try:
+        from genbench.check import check_output
+
+        check_output(json_path, "--json")
+        check_output(markdown, "--markdown")
         pop = load_population(table, gap=gap, acc_gap=acc_gap, condition_on=_cols(condition_on),
                               against=_cols(against), measures=_cols(measures))
         if PRESETS[preset].gap not in pop.gaps:
@@ -284,14 +328,18 @@ def score(
     except (TableError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if json_path is not None:
-        json_path.write_text(json.dumps(board, indent=2) + "\n")
+        from genbench.store import atomic_write_text
+
+        atomic_write_text(json_path, json.dumps(board, indent=2) + "\n")
     from genbench.leaderboard import rich_table, to_markdown
 
     with friendly_errors():
-        console.print(rich_table(board, sort_by=sort, title=f"{table.name}: {board['n_models']} models"),
+        console.print(rich_table(board, sort_by=sort, title=escape(f"{table.name}: {board['n_models']} models")),
                       crop=False)
         if markdown is not None:
-            markdown.write_text(to_markdown(board, sort_by=sort))
+            from genbench.store import atomic_write_text
+
+            atomic_write_text(markdown, to_markdown(board, sort_by=sort))
 
 
 @app.command()
@@ -311,9 +359,63 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="print as JSON
     for col in ("plugin", "version", "source", "components / error"):
         table.add_column(col)
     for r in rows:
-        what = f"[red]FAILED: {r['error']}[/red]" if r["error"] else ", ".join(r["components"])
+        what = f"[red]FAILED: {escape(r['error'])}[/red]" if r["error"] else ", ".join(r["components"])
         table.add_row(r["name"], r["version"], "built-in" if r["builtin"] else "third-party", what)
     console.print(table)
+
+
+@app.command()
+def check(
+    store: STORE = DEFAULT_STORE,
+    repair: Annotated[bool, typer.Option("--repair", help="drop damaged models so a rerun retrains them")] = False,
+) -> None:
+    """Check a store: every weights file against its checksum, and the SQLite file.
+
+    Exit code 0: no problem (or all repaired); 3: problems found."""
+    with friendly_errors():
+        from genbench.check import check_store
+
+        report = check_store(store, repair=repair)
+    for line in report["problems"]:
+        err.print(f"[red]problem:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    for line in report["notes"]:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+    if report["repaired"]:
+        err.print(f"repaired: dropped {report['repaired']} damaged model(s); rerun the suite "
+                  "to retrain them", markup=False, highlight=False)
+    elif not report["problems"]:
+        console.print(f"ok: store {store} has no problems", markup=False, highlight=False)
+    if report["problems"] and not report["repaired"]:
+        raise typer.Exit(3)
+
+
+@app.command()
+def failures(
+    store: STORE = DEFAULT_STORE,
+    json_out: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """List every failed model and value in a store, with its error (retry them with
+    `genbench run SUITE --retry-failed`)."""
+    with friendly_errors():
+        from genbench.check import list_failures
+
+        rows = list_failures(store)
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        console.print(f"no failures in store {store}", markup=False, highlight=False)
+        return
+    from rich.table import Table
+
+    table = Table(title=escape(f"{len(rows)} failure(s) in {store}"))
+    for col in ("model", "what", "hyperparameters", "error"):
+        table.add_column(col)
+    for r in rows:
+        hp = " ".join(f"{k}={v}" for k, v in r["hparams"].items())
+        what = "model" if r["kind"] == "model" else f"{r['kind']} {r['name']}"
+        table.add_row(r["model"][:12], escape(what), escape(hp), escape(r["error"] or ""))
+    console.print(table, crop=False)
 
 
 def main() -> None:  # console-script entry point

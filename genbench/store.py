@@ -267,15 +267,14 @@ class Store:
             raise StoreDamage(self, key, "is missing") from None
         except OSError as exc:
             raise StoreDamage(self, key, f"cannot be read ({exc.strerror or exc})") from None
-        checksum = row.get("checksum") if row else None
+        owner, checksum = _header_key(blob), row.get("checksum") if row else None
+        if owner is not None and owner != key:
+            raise StoreDamage(self, key, f"holds the weights of model {owner[:12]} (swapped files)")
         if checksum and hashlib.sha256(blob).hexdigest() != checksum:
-            raise StoreDamage(self, key, "is damaged (checksum mismatch: truncated, changed or "
-                                         "replaced since it was written)")
-        owner = _header_key(blob)
+            raise StoreDamage(self, key, "is damaged (checksum mismatch: truncated or changed "
+                                         "since it was written)")
         if owner is None:
             raise StoreDamage(self, key, "is not a readable safetensors file (bad header)")
-        if owner != key:
-            raise StoreDamage(self, key, f"holds the weights of model {owner[:12]} (swapped files)")
         return blob
 
     @_guarded
