@@ -114,14 +114,18 @@ def check_store(store_path: str | Path, repair: bool = False) -> dict[str, Any]:
 
     Returns ``{"problems": [line], "notes": [line], "damaged": [key], "repaired": n}``.
     """
-    with open_store(store_path, readonly=None if repair else True) as st:
-        problems: list[str] = []
-        integrity = [r[0] for r in st.db.execute("PRAGMA quick_check").fetchall()]
-        if integrity != ["ok"]:
-            problems.append(f"store {st.root}: genbench.sqlite fails its integrity check "
-                            f"({integrity[0]}); restore it from a backup")
-        damaged = []
+    try:
+        st = open_store(store_path, readonly=None if repair else True)
+        integrity = st.integrity()
         models = st.models()
+    except StoreError as exc:  # the SQLite file itself: nothing below can be checked
+        return {"problems": [str(exc)], "notes": [], "damaged": [], "repaired": 0}
+    with st:
+        problems: list[str] = []
+        if integrity != ["ok"]:
+            problems.append(f"store {st.root}: genbench.sqlite is damaged (integrity check: "
+                            f"{integrity[0]}); restore it from a backup")
+        damaged = []
         for m in models:
             if m["status"] != "done":
                 continue

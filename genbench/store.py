@@ -278,6 +278,11 @@ class Store:
         return blob
 
     @_guarded
+    def integrity(self) -> list[str]:
+        """SQLite's quick check: ``["ok"]``, or what is wrong."""
+        return [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+
+    @_guarded
     def drop_models(self, keys: list[str]) -> None:
         """Forget models entirely (row, results, weights file): a rerun retrains them."""
         for key in keys:

@@ -70,7 +70,8 @@ def faulty(monkeypatch):
 
 
 def one_line(res) -> str:
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    """The one error line of a command (progress bars may stand above it), no traceback."""
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in res.output, res.output
     return lines[0]
 
@@ -245,10 +246,12 @@ def test_a_corrupt_sqlite_file_is_one_line(trained_store, tmp_path, damage):
         raw = bytearray(db.read_bytes())
         raw[4096:] = os.urandom(len(raw) - 4096)
         db.write_bytes(bytes(raw))
-    for args in (["leaderboard"], ["failures"], ["check"]):
+    for args in (["leaderboard"], ["failures"], ["run", str(write_suite(tmp_path, suite_text()))]):
         res = runner.invoke(app, [*args, "--store", str(store)])
         assert res.exit_code == 2, (args, res.output)
         assert "genbench.sqlite is damaged" in one_line(res)
+    res = runner.invoke(app, ["check", "--store", str(store)])
+    assert res.exit_code == 3 and "genbench.sqlite is damaged" in res.stderr.replace("\n", "")
 
 
 def test_a_read_only_store_renders_its_leaderboard(trained_store, tmp_path, monkeypatch):
