@@ -114,11 +114,12 @@ def check_store(store_path: str | Path, repair: bool = False) -> dict[str, Any]:
 
     Returns ``{"problems": [line], "notes": [line], "damaged": [key], "repaired": n}``.
     """
+    st = open_store(store_path, readonly=None if repair else True)
     try:
-        st = open_store(store_path, readonly=None if repair else True)
         integrity = st.integrity()
         models = st.models()
     except StoreError as exc:  # the SQLite file itself: nothing below can be checked
+        st.close()
         return {"problems": [str(exc)], "notes": [], "damaged": [], "repaired": 0}
     with st:
         problems: list[str] = []

@@ -65,7 +65,8 @@ def friendly_errors():
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as limits.Terminated
         err.print(STOPPED, highlight=False, markup=False)
         raise typer.Exit(exit_code(exc)) from None
-    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException,
+            click.exceptions.Abort):
         raise
     except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback on request
         if os.environ.get("GENBENCH_DEBUG"):

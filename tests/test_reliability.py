@@ -122,6 +122,20 @@ def test_bad_measures_fail_alone_and_the_run_exits_3(faulty, tmp_path):
     assert res.exit_code == 3 and "24 computed" in res.stderr
 
 
+def test_a_run_whose_every_model_failed_exits_3(tmp_path, monkeypatch):
+    from genbench import training
+
+    def exits(*args, **kwargs):
+        sys.exit(9)  # contained in training too: the model is failed, the process lives
+
+    monkeypatch.setattr(training, "train_one", exits)
+    suite = write_suite(tmp_path, suite_text())
+    res = runner.invoke(app, ["run", str(suite), "--store", str(tmp_path / "s"), "--device", "cpu",
+                              "--batching", "off"])
+    assert res.exit_code == 3, res.output
+    assert "3 failed" in res.stderr and "3 x model: SystemExit: plugin code called sys.exit(9)" in res.stdout
+
+
 def test_time_limit_stops_a_hanging_body_and_nests():
     with pytest.raises(TimeLimitExceeded, match="timed out after 0.2 s"), time_limit(0.2):
         while True:
