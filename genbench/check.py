@@ -114,12 +114,16 @@ def check_store(store_path: str | Path, repair: bool = False) -> dict[str, Any]:
 
     Returns ``{"problems": [line], "notes": [line], "damaged": [key], "repaired": n}``.
     """
-    st = open_store(store_path, readonly=None if repair else True)
+    st = None
     try:
+        st = open_store(store_path, readonly=None if repair else True)
         integrity = st.integrity()
         models = st.models()
-    except StoreError as exc:  # the SQLite file itself: nothing below can be checked
-        st.close()
+    except StoreError as exc:
+        if st is None and not (Path(store_path) / "genbench.sqlite").is_file():
+            raise  # no store there: a bad --store, not a problem found in a store
+        if st is not None:
+            st.close()
         return {"problems": [str(exc)], "notes": [], "damaged": [], "repaired": 0}
     with st:
         problems: list[str] = []

@@ -240,7 +240,6 @@ def _measure_work(work: list, store: Store, registry: Registry, device: str, dat
                 store.put_result(rkey, spec.key, "measure", entry.cls.name, mat["params"],
                                  entry.provenance, error=str(exc))
                 advance(entry.cls.name)
-            counts["failed"] = counts.get("failed", 0) + len(missing)
             continue
         ctx = MeasureContext(key=spec.key, hparams=spec.hparams, config=spec.config,
                              data=data.get(spec.config), registry=registry, store=store,
@@ -253,7 +252,6 @@ def _measure_work(work: list, store: Store, registry: Registry, device: str, dat
                     value = measure_value(inst.compute(ctx))
             except BaseException as exc:  # noqa: BLE001 - stored per model; the run goes on
                 error = contain(exc)  # sys.exit and time-outs included; Ctrl-C still stops
-                counts["failed"] = counts.get("failed", 0) + 1
             store.put_result(rkey, spec.key, "measure", entry.cls.name, mat["params"],
                              entry.provenance, value=value, error=error,
                              seconds=time.perf_counter() - t0)
