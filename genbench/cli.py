@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -76,18 +77,33 @@ def friendly_errors():
     """Turn expected user errors into one-line messages."""
     from pydantic import ValidationError
 
+    import click
+
+    from genbench.limits import STOPPED, exit_code, stop_on_sigterm
     from genbench.plugins import PluginError
     from genbench.preflight import PreflightError
     from genbench.suite import SuiteError, pydantic_problems
 
     try:
-        yield
+        with stop_on_sigterm():
+            yield
     except (SuiteError, PreflightError) as exc:
         fail(exc.problems)
     except ValidationError as exc:
         fail(pydantic_problems(exc, prefix=f"{exc.title}."))
     except (PluginError, OSError, LookupError, ValueError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as limits.Terminated
+        err.print(STOPPED, highlight=False, markup=False)
+        raise typer.Exit(exit_code(exc)) from None
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException,
+            click.exceptions.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback on request
+        if os.environ.get("GENBENCH_DEBUG"):
+            raise
+        fail(f"internal error (a bug; please report it, GENBENCH_DEBUG=1 shows the traceback): "
+             f"{type(exc).__name__}: {exc}", code=1)
 
 
 def emit_json(obj: Any, path: str | None) -> None:
@@ -213,19 +229,29 @@ def run(
     sort: SORT = None,
     wide: WIDE = False,
     intervals: INTERVALS = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="train and measure again what failed before")] = False,
 ) -> None:
-    """Train a suite's population, compute every measure, score them, show the leaderboard."""
+    """Train a suite's population, compute every measure, score them, show the leaderboard.
+
+    Exit code 0: all done; 3: done, but some models or values failed; 2: bad input;
+    1: internal error; 130/143: stopped by Ctrl-C/SIGTERM (rerun to resume)."""
     from genbench import runner
 
     with friendly_errors():
+        from genbench.check import check_output, retry_failed as forget_failures
         from genbench.plugins import get_registry
         from genbench.population import expand
         from genbench.preflight import check_builds
         from genbench.suite import load_suite
 
+        check_output(json_path, "--json")
+        check_output(markdown, "--markdown")
         registry = get_registry()
         spec = load_suite(suite, registry)  # every problem is reported before any work starts
-        check_builds(expand(spec, registry), registry)
+        specs = expand(spec, registry)
+        check_builds(specs, registry)
+        if retry_failed:
+            forget_failures(store, [m.key for m in specs])
         bars, progress = rich_progress()
         extra = {"executor_params": {"address": address}} if address else {}
         try:
@@ -239,7 +265,7 @@ def run(
     s = result["summary"]
     say(f"{s['models']} models: {s['trained']} trained, {s['reused']} reused, "
         f"{s['failed']} failed; measures: {s['measures_computed']} computed, "
-        f"{s['measures_reused']} reused; {s['seconds']:.1f} s; store: {result['store']}")
+        f"{s['measures_reused']} reused, {s.get('measures_failed', 0)} failed; {s['seconds']:.1f} s; store: {result['store']}")
     if json_path == "-":
         emit_json(result, "-")
     else:
@@ -286,6 +312,9 @@ def leaderboard(
     from genbench import runner
 
     with friendly_errors():
+        from genbench.check import check_output
+
+        check_output(markdown, "--markdown")
         result = runner.leaderboard(store, suite=suite, preset=preset)
     emit_json(result, json_path)
     if json_path != "-":
@@ -534,6 +563,60 @@ def version(json_path: Annotated[Optional[str], json_option("the versions")] = N
                f"{', '.join(info['cuda_devices']) or 'none'})")
     for name, v in info["plugins"].items():
         typer.echo(f"plugin {name} {v}")
+
+
+@app.command()
+def check(
+    store: STORE = DEFAULT_STORE,
+    repair: Annotated[bool, typer.Option("--repair", help="drop damaged models so a rerun retrains them")] = False,
+) -> None:
+    """Check a store: every weights file against its checksum, and the SQLite file.
+
+    Exit code 0: no problem (or all repaired); 3: problems found."""
+    with friendly_errors():
+        from genbench.check import check_store
+
+        report = check_store(store, repair=repair)
+    for line in report["problems"]:
+        err.print(f"[red]problem:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    for line in report["notes"]:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+    if report["repaired"]:
+        err.print(f"repaired: dropped {report['repaired']} damaged model(s); rerun the suite "
+                  "to retrain them", markup=False, highlight=False)
+    elif not report["problems"]:
+        console.print(f"ok: store {store} has no problems", markup=False, highlight=False)
+    if report["problems"] and not report["repaired"]:
+        raise typer.Exit(3)
+
+
+@app.command()
+def failures(
+    store: STORE = DEFAULT_STORE,
+    json_path: Annotated[Optional[str], json_option("the failures")] = None,
+) -> None:
+    """List every failed model and value in a store, with its error (retry them with
+    `genbench run SUITE --retry-failed`)."""
+    with friendly_errors():
+        from genbench.check import list_failures
+
+        rows = list_failures(store)
+    emit_json(rows, json_path)
+    if json_path == "-":
+        return
+    if not rows:
+        console.print(f"no failures in store {store}", markup=False, highlight=False)
+        return
+    from rich.table import Table
+
+    table = Table(title=escape(f"{len(rows)} failure(s) in {store}"))
+    for col in ("model", "what", "hyperparameters", "error"):
+        table.add_column(col)
+    for r in rows:
+        hp = " ".join(f"{k}={v}" for k, v in r["hparams"].items())
+        what = "model" if r["kind"] == "model" else f"{r['kind']} {r['name']}"
+        table.add_row(r["model"][:12], escape(what), escape(hp), escape(r["error"] or ""))
+    console.print(table, crop=False)
 
 
 def main() -> None:

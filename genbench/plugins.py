@@ -9,10 +9,14 @@ shipped in this distribution and registered the same way). Environment variables
 
 A plugin that fails to import, misspells a hook, raises in a hook or registers a
 duplicate name is reported in :attr:`Registry.failed`; the rest keeps working.
+"Raises" means any ``BaseException`` (``sys.exit`` included) except
+``KeyboardInterrupt``: Ctrl-C and SIGTERM (see :mod:`genbench.limits`) must still
+stop genbench, while a plugin must never end the process (see :func:`contain`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -38,6 +42,39 @@ class PluginError(Exception):
     """A component lookup or registration problem, with a message fit for one line."""
 
 
+def contain(exc: BaseException) -> str:
+    """The one-line error of something plugin code raised, for storing as its failure.
+
+    Call it in an ``except BaseException`` block around plugin code: it re-raises
+    ``KeyboardInterrupt`` (Ctrl-C, and SIGTERM as :class:`genbench.limits.Terminated`),
+    the only exceptions a plugin may not swallow for us, and describes the rest:
+    ``sys.exit`` in a plugin fails that plugin or value, never the process.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: plugin code called sys.exit({exc.code!r})"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def measure_value(raw: object) -> float:
+    """The float a measure's ``compute`` returned (a number, or ``{"value": number, ...}``);
+    ``ValueError`` naming what came back instead (NaN, inf, a string, None, a tensor)."""
+    import numbers
+
+    value = raw.get("value") if isinstance(raw, dict) else raw
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        what = type(value).__module__.split(".")[0] + "." + type(value).__qualname__ \
+            if type(value).__module__ != "builtins" else type(value).__name__
+        hint = " (call .item() on a one-element tensor)" if "Tensor" in what else ""
+        raise ValueError(f"compute returned {what}, not a number{hint}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"compute returned a non-finite value ({value})")
+    return value
+
+
 @dataclass(frozen=True)
 class Entry:
     """A registered component and where it came from (stored with every result)."""
@@ -59,6 +96,7 @@ class PluginInfo:
     builtin: bool
     components: list[str] = field(default_factory=list)
     error: str | None = None
+    attempted: list[str] = field(default_factory=list)  # kind:name it tried to register
 
 
 @dataclass
@@ -82,7 +120,20 @@ class Registry:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise PluginError(f"unknown {kind.replace('_', ' ')} '{name}'{hint}; "
-                          f"available: {', '.join(known) or 'none'}")
+                          f"available: {', '.join(known) or 'none'}{self._failed_hint(kind, name)}")
+
+    def _failed_hint(self, kind: str, name: str) -> str:
+        """Why ``name`` may be missing: the failed plugin that tried to register it, or
+        else every failed plugin (one that failed at import may have provided it)."""
+        failed = self.failed
+        owners = [p for p in failed if f"{kind}:{name}" in p.attempted]
+        if owners:
+            p = owners[0]
+            return f"; plugin '{p.name}' would provide it but failed: {p.error}"
+        if failed:
+            return "; failed plugins that may provide it: " + "; ".join(
+                f"'{p.name}' ({p.error})" for p in failed)
+        return ""
 
     def create(self, kind: str, name: str, params: dict[str, Any] | None = None) -> Any:
         """An instance of component ``name`` with ``params`` (validated by its Params)."""
@@ -95,6 +146,8 @@ class Registry:
     # -- registration -------------------------------------------------------------
     def _register(self, plugin: PluginInfo, expected_kind: str, cls: Any) -> None:
         base = KINDS[expected_kind]
+        if isinstance(cls, type) and isinstance(getattr(cls, "name", None), str):
+            plugin.attempted.append(f"{expected_kind}:{cls.name}")
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"{HOOK_FOR_KIND[expected_kind]} got {cls!r}, "
                               f"expected a subclass of genbench.components.{base.__name__}")
@@ -121,10 +174,10 @@ class Registry:
             for kind, hook_name in HOOK_FOR_KIND.items():
                 for impl in getattr(pm.hook, hook_name).get_hookimpls():
                     impl.function(register=lambda cls, kind=kind: self._register(info, kind, cls))
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break genbench
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin must not break genbench
             self.components = snapshot
             info.components.clear()
-            info.error = f"{type(exc).__name__}: {exc}"
+            info.error = contain(exc)
         return info
 
 
@@ -150,9 +203,9 @@ def load_registry(extra: list[tuple[str, Any]] | None = None) -> Registry:
         version = ep.dist.version if ep.dist is not None else "unknown"
         try:
             module = ep.load()
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - sys.exit at import included
             registry.plugins[ep.name] = PluginInfo(ep.name, version, builtin,
-                                                   error=f"{type(exc).__name__}: {exc}")
+                                                   error=contain(exc))
             continue
         registry.add_plugin(module, ep.name, version, builtin=builtin)
     for name, module in extra or []:

@@ -15,7 +15,7 @@ from typing import Any
 from genbench.keys import measure_key, still_valid
 from genbench.plugins import Registry, get_registry
 from genbench.population import ModelSpec, expand
-from genbench.store import Store
+from genbench.store import Store, StoreDamage, atomic_write_text
 from genbench.suite import Suite, load_suite, short_names
 from genbench.tasks import DataCache, MeasureTask, Trainer, TrainTask, Worker, groups, setup_for, write
 
@@ -124,7 +124,7 @@ def suite_measures(suite: Suite, registry: Registry) -> list[tuple[str, dict[str
 
 def measure_settings(suite: Suite) -> dict[str, Any]:
     """What the context resolves shared quantities with (the suite's estimator params)."""
-    return {"volume": suite.volume}
+    return {"volume": suite.volume, "measure_seconds": suite.limits.measure_seconds}
 
 
 def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, registry: Registry,
@@ -152,9 +152,16 @@ def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, regis
             if row is None or not still_valid(spec.key, row["provenance"].get("deps", []),
                                               registry, settings):
                 todo.append((name, raw, key))
-        if todo:
-            known = {k: r for k, r in mine.items() if r["kind"] != "measure"}
-            tasks.append(MeasureTask(spec, todo, settings, str(store.weights_path(spec.key)), known))
+        if not todo:
+            continue
+        try:
+            store.verified_weights(spec.key)  # a damaged file fails this model's values only
+        except StoreDamage as exc:
+            for record in MeasureTask(spec, todo, settings, "", {}).failed(str(exc)):
+                write(store, record)
+            continue
+        known = {k: r for k, r in mine.items() if r["kind"] != "measure"}
+        tasks.append(MeasureTask(spec, todo, settings, str(store.weights_path(spec.key)), known))
     total = len(done) * len(measures)
     if not tasks:
         return {"computed": 0, "reused": total, "workers": 0}
@@ -217,6 +224,7 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
         progress: Progress | None = None, registry: Registry | None = None,
         batching: bool = True, executor_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a suite end to end and return the run JSON (see docs/concepts.md for its shape)."""
+    from genbench.check import failure_summary
     t0 = time.perf_counter()
     registry = registry or get_registry()
     suite = suite if isinstance(suite, Suite) else load_suite(suite, registry)
@@ -224,7 +232,7 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
     device = resolve_device(device)
     specs = expand(suite, registry)
     keys = [s.key for s in specs]
-    with Store(store) as st:
+    with Store(store) as st, st.run_lock(suite.name):
         run_id = st.start_run(suite.name, suite.model_dump(mode="json"), keys)
         data = DataCache(registry)
         seconds: dict[str, float] = {}
@@ -247,6 +255,7 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
                    "workers": {"train": trained["workers"], "measure": measured["workers"]},
                    "stage_seconds": {k: round(v, 3) for k, v in seconds.items()},
                    "seconds": round(time.perf_counter() - t0, 3)}
+        summary.update(failure_summary(st, suite, keys, registry))  # measures_failed, failures
         result = build_result(suite, str(st.root), summary, rows, board)
         st.finish_run(run_id, summary)
     if json_path is not None:
@@ -267,13 +276,14 @@ def write_json(obj: Any, path: str | Path) -> None:
     import json
 
     # numpy scalars become Python numbers; anything else unexpected becomes its text
-    Path(path).write_text(json.dumps(obj, indent=2, default=lambda o: o.item()
+    atomic_write_text(path, json.dumps(obj, indent=2, default=lambda o: o.item()
                                      if hasattr(o, "item") else str(o)) + "\n")
 
 
 def leaderboard(store: str | Path = DEFAULT_STORE, suite: str | None = None,
                 preset: str | None = None, registry: Registry | None = None) -> dict[str, Any]:
     """Re-score the last run in a store (of ``suite``, if given) from stored records alone."""
+    from genbench.check import partial_summary
     registry = registry or get_registry()
     if not (Path(store) / "genbench.sqlite").exists():
         raise FileNotFoundError(f"--store {store}: no genbench store there; run `genbench run` first")
@@ -284,5 +294,6 @@ def leaderboard(store: str | Path = DEFAULT_STORE, suite: str | None = None,
         s = Suite(**last["suite_json"])
         rows = collect(st, s, last["model_keys"], registry)
         board = score_rows(rows, s, preset=preset) if len(rows) >= 3 else None
-        return build_result(s, str(st.root), last["summary"] or {}, rows, board)
+        return build_result(s, str(st.root), last["summary"] or partial_summary(st, last, s, registry),
+                            rows, board)
 

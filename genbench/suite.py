@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -74,6 +75,14 @@ class Scoring(Strict):
     seed: int = 0
 
 
+class Limits(Strict):
+    """What a run may cost: a measure past ``measure_seconds`` is stopped and stored as
+    failed; a grid of more than ``max_models`` models is refused before any work."""
+
+    measure_seconds: float = Field(3600, gt=0, description="seconds one measure of one model may take")
+    max_models: int = Field(10_000, ge=1, description="largest population a suite may expand to")
+
+
 class Suite(Strict):
     name: str
     description: str = ""
@@ -89,6 +98,7 @@ class Suite(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     scoring: Scoring = Field(default_factory=Scoring)
     executor: ComponentRef = Field(default_factory=lambda: ComponentRef(name="local"))
+    limits: Limits = Field(default_factory=Limits)
 
     @field_validator("measures", mode="before")
     @classmethod
@@ -132,6 +142,20 @@ class Suite(Strict):
             if p not in out:
                 out.append(dict(p))
         return out
+
+    def n_models(self) -> int:
+        """len(expand(suite)), counted without building the grid (a 10^6 grid is refused
+        in microseconds, not after minutes and gigabytes)."""
+        keys = list(self.grid)
+        n_grid = math.prod(len(v) for v in self.grid.values()) if keys or not self.points else 0
+        values = {k: set(map(repr, v)) for k, v in self.grid.items()}
+        seen: list[dict[str, Scalar]] = []
+        for p in self.points:
+            in_grid = bool(keys) and set(p) == set(keys) and all(
+                repr(v) in values[k] for k, v in p.items())
+            if not in_grid and p not in seen:
+                seen.append(p)
+        return (n_grid + len(seen)) * len(self.seeds)
 
     def against(self) -> list[str]:
         if self.scoring.against is not None:
@@ -193,6 +217,8 @@ def available_suites() -> list[str]:
 def read_suite_toml(ref: str | Path) -> tuple[dict[str, Any], str]:
     """Parse ``ref`` (a path, or a suite name from ``registry/``) into a dict."""
     path = Path(ref)
+    if path.is_dir():
+        raise SuiteError([f"suite: {path} is a directory; give a suite .toml file or a registry name"])
     if not path.exists():
         candidate = registry_dir() / f"{ref}.toml"
         if not candidate.exists():
@@ -203,11 +229,37 @@ def read_suite_toml(ref: str | Path) -> tuple[dict[str, Any], str]:
                               f"registry suites: {', '.join(names)}"])
         path = candidate
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_text(path))
+    except OSError as exc:
+        raise SuiteError([f"suite: cannot read {path} ({exc.strerror or exc})"]) from None
+    except UnicodeError as exc:
+        raise SuiteError([str(exc)]) from None
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError([f"{path}: not valid TOML ({exc})"]) from None
     data.setdefault("name", path.stem)
     return data, str(path)
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of ``path`` (a leading BOM dropped); ``ValueError`` naming the file
+    and the first bad byte's offset otherwise."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UnicodeError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                           f"{exc.start}); save it as UTF-8") from None
+
+
+def non_finite(data: Any, path: str = "") -> list[str]:
+    """Every ``inf``/``nan`` in a parsed suite (TOML allows them; no suite setting does)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [f"{path or 'suite'}: {data} is not a finite number; give a finite value"]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in non_finite(v, f"{path}[{i}]")]
+    return []
 
 
 def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[str]:
@@ -247,7 +299,9 @@ def validate(data: dict[str, Any], registry: Any | None = None) -> Suite:
         from genbench.plugins import get_registry
 
         registry = get_registry()
-    problems: list[str] = []
+    problems: list[str] = non_finite(data)
+    if problems:
+        raise SuiteError(problems)
     try:
         suite = Suite(**data)
     except ValidationError as exc:
@@ -266,6 +320,11 @@ def validate(data: dict[str, Any], registry: Any | None = None) -> Suite:
                             "dataset.<param>, train.<field> or regularizers.<name>.<param>")
     if any(p.startswith("grid.") for p in problems):
         raise SuiteError(problems)
+    n = suite.n_models()
+    if n > suite.limits.max_models:
+        raise SuiteError(problems + [
+            f"grid: {n:,} models is more than limits.max_models = {suite.limits.max_models:,}; "
+            "shrink the grid or seeds, or raise [limits] max_models"])
 
     base = suite.model_dump(include=set(SECTIONS))
     # Each value the grid can take is checked in the config it lands in.

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from genbench.keys import dataset_key
-from genbench.plugins import Registry
+from genbench.limits import time_limit
+from genbench.plugins import Registry, contain
+from genbench.plugins import measure_value as checked_number
 from genbench.population import ModelSpec
 
 Record = dict[str, Any]
@@ -92,7 +94,8 @@ class Trainer:
                 log.debug("group of %d models trained one at a time: it mixes datasets", len(group))
             except NotBatchable as exc:
                 log.debug("group of %d models trained one at a time: %s", len(group), exc)
-            except Exception as exc:  # noqa: BLE001 - the reference path still trains them
+            except BaseException as exc:  # noqa: BLE001 - the reference path still trains them
+                contain(exc)  # re-raises Ctrl-C/SIGTERM only
                 log.warning("batched training failed (%s: %s); training %d models one at a time",
                             type(exc).__name__, exc, len(group))
         from genbench.training import train_one
@@ -101,7 +104,8 @@ class Trainer:
         for spec in group:
             try:
                 results.append(train_one(spec, self.data.get(spec.config), self.registry, self.device))
-            except Exception as exc:  # noqa: BLE001 - a failed model is recorded, the run goes on
+            except BaseException as exc:  # noqa: BLE001 - a failed model is recorded, the run goes on
+                contain(exc)  # re-raises Ctrl-C/SIGTERM only
                 results.append(exc)
         return results
 
@@ -277,10 +281,11 @@ class MeasureTask:
             value, parts, error = None, None, None
             with ctx.recording() as deps:
                 try:
-                    value, parts = measure_value(worker.registry.create("measure", name, raw)
-                                                 .compute(ctx))
-                except Exception as exc:  # noqa: BLE001 - stored per value; the run goes on
-                    error = f"{type(exc).__name__}: {exc}"
+                    with time_limit(self.settings.get("measure_seconds")):
+                        value, parts = measure_value(worker.registry.create("measure", name, raw)
+                                                     .compute(ctx))
+                except BaseException as exc:  # noqa: BLE001 - stored per value; the run goes on
+                    error = contain(exc)  # sys.exit and time-outs included; Ctrl-C still stops
             results.put_result(key, self.spec.key, "measure", name,
                                entry.cls.Params(**raw).identity(),
                                {**entry.provenance, "deps": deps}, value=value,
@@ -300,6 +305,7 @@ class MeasureTask:
 def measure_value(out: Any) -> tuple[float, dict[str, float] | None]:
     """A measure's return value as (value, parts): a number, or ``{"value": number,
     "parts": {name: number}}``; anything else, or a non-finite value, is an error."""
+    checked_number(out)  # NaN, inf, None, a string, a bool or a tensor: named
     if isinstance(out, dict):
         if set(out) != {"value", "parts"} or not isinstance(out["parts"], dict):
             raise TypeError("a measure returns a number or {'value': number, 'parts': "
@@ -347,8 +353,8 @@ def execute(task: TrainTask | MeasureTask, worker: Worker) -> list[Record]:
     record is stamped with this worker's name."""
     try:
         records = task.run(worker)
-    except Exception as exc:  # noqa: BLE001 - a task that raises fails only itself
-        records = task.failed(f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - a task that raises fails only itself
+        records = task.failed(contain(exc))
     name = worker_name()
     return [{**r, "worker": name} for r in records]
 

@@ -134,3 +134,30 @@ def test_every_hook_is_documented_and_has_a_kind():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md").read_text()
     for name in hooks:
         assert f"`{name}`" in doc, f"docs/writing-a-plugin.md does not document {name}"
+
+
+def test_measure_value_accepts_numbers_and_names_everything_else():
+    import math
+
+    import numpy as np
+
+    from genbench.plugins import measure_value
+
+    assert measure_value(2) == 2.0 and measure_value(np.float32(0.5)) == 0.5
+    assert measure_value({"value": 1.5, "parts": {"a": 1.0}}) == 1.5
+    for bad, why in [(math.nan, "non-finite"), (-math.inf, "non-finite"), ("1", "returned str"),
+                     (None, "returned NoneType"), (True, "returned bool"), ([1.0], "returned list"),
+                     ({"parts": {}}, "returned NoneType")]:
+        with pytest.raises(ValueError, match=why):
+            measure_value(bad)
+
+
+def test_contain_describes_sys_exit_and_lets_ctrl_c_through():
+    from genbench.limits import Terminated
+    from genbench.plugins import contain
+
+    assert contain(SystemExit(3)) == "SystemExit: plugin code called sys.exit(3)"
+    assert contain(RuntimeError("first line\nsecond")) == "RuntimeError: first line"
+    for stop in (KeyboardInterrupt(), Terminated()):
+        with pytest.raises(KeyboardInterrupt):
+            contain(stop)

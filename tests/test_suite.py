@@ -113,3 +113,22 @@ def test_points_without_a_grid_add_no_empty_point(tmp_path):
     text += '\n[[points]]\n"model.width" = 4\n\n[[points]]\n"model.width" = 6\n'
     specs = expand(load_suite(write_suite(tmp_path, text)), get_registry())
     assert [s.hparams for s in specs] == [{"model.width": 4}, {"model.width": 6}]
+
+
+def test_n_models_counts_the_grid_without_expanding_it():
+    """Truth: len(expand(...)) on every registry suite and on grids with extra points."""
+    from genbench.plugins import get_registry
+    from genbench.population import expand
+    from genbench.suite import Suite, available_suites, load_suite
+
+    registry = get_registry()
+    for name in available_suites():
+        s = load_suite(name, registry)
+        assert s.n_models() == len(expand(s, registry)), name
+    base = load_suite("default", registry).model_dump()
+    grid = {"model.width": [8, 16], "train.lr": [0.1, 0.2]}
+    for points in ([], [{"model.width": 8, "train.lr": 0.1}], [{"model.width": 32, "train.lr": 0.1}] * 2):
+        s = Suite(**{**base, "grid": grid, "points": points, "seeds": [0, 1]})
+        assert s.n_models() == len(expand(s, registry)), points
+    s = Suite(**{**base, "grid": {}, "points": [{"model.width": 8}, {"model.width": 9}]})
+    assert s.n_models() == len(expand(s, registry)) == 2
