@@ -32,10 +32,12 @@ def _first_of_each_kind(errors: list[tuple[str, str]]) -> list[str]:
 
 def suite_value_keys(suite: Any, model_keys: list[str], registry: Any) -> dict[str, str]:
     """{result key: measure name} of every value the suite asks for."""
-    from genbench.runner import measure_entries, measure_key
+    from genbench.keys import measure_key
+    from genbench.runner import suite_measures
 
-    entries = measure_entries(suite, registry)
-    return {measure_key(k, mat): e.cls.name for k in model_keys for e, _, mat in entries}
+    measures = suite_measures(suite, registry)
+    return {measure_key(k, name, version, params): name for k in model_keys
+            for name, _, version, params in measures}
 
 
 def failures(store: Store, suite: Any, model_keys: list[str], registry: Any) -> dict[str, list]:

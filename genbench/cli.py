@@ -100,10 +100,10 @@ def friendly_errors():
             click.exceptions.Abort):
         raise
     except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback on request
-        if os.environ.get("GENBENCH_DEBUG"):
+        if STATE["verbosity"] >= 2 or os.environ.get("GENBENCH_DEBUG"):
             raise
-        fail(f"internal error (a bug; please report it, GENBENCH_DEBUG=1 shows the traceback): "
-             f"{type(exc).__name__}: {exc}", code=1)
+        fail(f"internal error: {type(exc).__name__}: {exc} (genbench -vv ... shows the traceback)",
+             code=1)
 
 
 def emit_json(obj: Any, path: str | None) -> None:
@@ -179,7 +179,16 @@ def run_board(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_title(result: dict[str, Any]) -> str:
-    return f"{result['suite']}: {result.get('scoring', {}).get('n_models', len(result['models']))} models"
+    return escape(f"{result['suite']}: "
+                  f"{result.get('scoring', {}).get('n_models', len(result['models']))} models")
+
+
+def show_notes(result: dict[str, Any]) -> None:
+    """What failed (first error of each kind) and whether the run is partial, as plain text."""
+    from genbench.check import notes
+
+    for line in notes(result.get("summary") or {}):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -270,6 +279,7 @@ def run(
         emit_json(result, "-")
     else:
         show_leaderboard(run_board(result), run_title(result), sort, wide, intervals, markdown)
+        show_notes(result)
     if s["failed"] or s.get("measures_failed"):
         raise typer.Exit(3)  # completed, with failed models or values
 
@@ -293,7 +303,7 @@ def validate(suite: SUITE_ARG,
                "measures": list(s.measures)}, json_path)
     if json_path == "-":
         return
-    console.print(f"[green]ok[/green] {s.name}: {len(specs)} models ({built} architectures "
+    console.print(f"[green]ok[/green] {escape(s.name)}: {len(specs)} models ({built} architectures "
                   f"built and fed a batch), measures: {', '.join(s.measures)}")
 
 
@@ -319,6 +329,7 @@ def leaderboard(
     emit_json(result, json_path)
     if json_path != "-":
         show_leaderboard(run_board(result), run_title(result), sort, wide, intervals, markdown)
+        show_notes(result)
 
 
 def _params(items: list[str] | None) -> dict[str, Any]:
@@ -569,6 +580,7 @@ def version(json_path: Annotated[Optional[str], json_option("the versions")] = N
 def check(
     store: STORE = DEFAULT_STORE,
     repair: Annotated[bool, typer.Option("--repair", help="drop damaged models so a rerun retrains them")] = False,
+    json_path: Annotated[Optional[str], json_option("the report")] = None,
 ) -> None:
     """Check a store: every weights file against its checksum, and the SQLite file.
 
@@ -577,6 +589,7 @@ def check(
         from genbench.check import check_store
 
         report = check_store(store, repair=repair)
+    emit_json(report, json_path)
     for line in report["problems"]:
         err.print(f"[red]problem:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     for line in report["notes"]:

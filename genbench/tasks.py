@@ -227,8 +227,7 @@ class TrainTask:
         out = []
         for spec, result in zip(self.specs, worker.trainer().train_group(self.specs)):
             if isinstance(result, BaseException):
-                out.append({"type": "model_failed", "spec": spec,
-                            "error": f"{type(result).__name__}: {result}"})
+                out.append({"type": "model_failed", "spec": spec, "error": contain(result)})
             else:
                 out.append({"type": "model", "spec": spec, "init_state": result.init_state,
                             "final_state": result.final_state, "metrics": result.metrics,
@@ -305,15 +304,14 @@ class MeasureTask:
 def measure_value(out: Any) -> tuple[float, dict[str, float] | None]:
     """A measure's return value as (value, parts): a number, or ``{"value": number,
     "parts": {name: number}}``; anything else, or a non-finite value, is an error."""
-    checked_number(out)  # NaN, inf, None, a string, a bool or a tensor: named
     if isinstance(out, dict):
         if set(out) != {"value", "parts"} or not isinstance(out["parts"], dict):
             raise TypeError("a measure returns a number or {'value': number, 'parts': "
                             f"{{name: number}}}}, not a dict with keys {sorted(out)}")
         parts = {str(k): float(v) for k, v in out["parts"].items()}
-        value = float(out["value"])
+        value = checked_number(out["value"])
     else:
-        value, parts = float(out), None
+        value, parts = checked_number(out), None
     if not math.isfinite(value):
         raise ValueError(f"non-finite value {value}")
     return value, parts

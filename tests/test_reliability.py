@@ -78,7 +78,7 @@ def one_line(res) -> str:
 
 # -- plugins contained -----------------------------------------------------------------
 def test_genbench_plugins_names_every_faulty_plugin_and_exits_0(faulty):
-    res = runner.invoke(app, ["plugins", "--json"])
+    res = runner.invoke(app, ["plugins", "--json", "-"])
     assert res.exit_code == 0, res.output
     errors = {r["name"]: r["error"] for r in json.loads(res.stdout)}
     assert "ModuleNotFoundError: No module named 'genbench_no_such_dependency'" in errors["faulty_import"]
@@ -111,7 +111,7 @@ def test_bad_measures_fail_alone_and_the_run_exits_3(faulty, tmp_path):
     assert run["summary"]["measures_failed"] == 3 * len(BAD_MEASURES)
     assert all(m["measures"]["parameter_norm"] > 0 for m in run["models"])
     assert "24 measure value(s) failed" in res.stdout and "timed out after 0.3 s" in res.stdout
-    rows = json.loads(runner.invoke(app, ["failures", "--store", str(store), "--json"]).stdout)
+    rows = json.loads(runner.invoke(app, ["failures", "--store", str(store), "--json", "-"]).stdout)
     assert len(rows) == 24
     for name, why in BAD_MEASURES.items():
         errs = {r["error"] for r in rows if r["name"] == name}
