@@ -259,6 +259,7 @@ def score(
     condition_on: Annotated[Optional[str], typer.Option(help="comma-separated hyperparameter columns omega ranges over")] = None,
     against: Annotated[Optional[str], typer.Option(help="comma-separated hyperparameter columns to report MI with")] = None,
     measures: Annotated[Optional[str], typer.Option(help="comma-separated measure columns (default: every other numeric column)")] = None,
+    against_within: Annotated[Optional[str], typer.Option(help="comma-separated columns held fixed for the MI with --against (default: the preset's)")] = None,
     preset: Annotated[str, typer.Option(help="scoring preset: paper, jiang, pgdl")] = "paper",
     max_omega: Annotated[int, typer.Option(help="largest |omega| to condition on")] = 2,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for intervals (0: none)")] = 0,
@@ -274,13 +275,16 @@ def score(
     if preset not in PRESETS:
         fail(f"--preset: unknown preset '{preset}'; choose one of {', '.join(sorted(PRESETS))}")
     try:
-        pop = load_population(table, gap=gap, acc_gap=acc_gap, condition_on=_cols(condition_on),
+        within = _cols(against_within)
+        extra = [w for w in within or [] if w not in (_cols(condition_on) or [])]
+        pop = load_population(table, gap=gap, acc_gap=acc_gap, condition_on=(_cols(condition_on) or []) + extra,
                               against=_cols(against), measures=_cols(measures))
         if PRESETS[preset].gap not in pop.gaps:
             raise TableError(f"--acc-gap: preset '{preset}' scores the accuracy gap; name its column")
         board = score_population(pop.measures, pop.gaps, pop.hparams,
                                  condition_on=_cols(condition_on) or [], against=_cols(against) or [],
-                                 preset=preset, max_omega=max_omega, bootstrap=bootstrap, seed=seed)
+                                 preset=preset, max_omega=max_omega, bootstrap=bootstrap, seed=seed,
+                                 **({} if within is None else {"against_within": within}))
     except (TableError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if json_path is not None:

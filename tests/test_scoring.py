@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genbench.scoring import (PRESETS, ScoreOptions, _count_earlier_greater, _score_once,
+from genbench.scoring import (PRESETS, ScoreOptions, _count_earlier_greater, against_groups, _score_once,
                               _structure, pair_counts, resolve_options, score_paths,
                               score_population)
 
@@ -71,7 +71,12 @@ def bf_hoeffding(dg, n, shift):
 
 def bf_score(c, g, hp, condition_on, against, opts: ScoreOptions, max_omega=2, orig=None):
     """Every score of one measure, literally, over ordered pairs (skipping pairs of two
-    copies of one model, orig[i] == orig[j], as a bootstrap resample must)."""
+    copies of one model, orig[i] == orig[j], as a bootstrap resample must). MI with an
+    'against' hp is taken within groups of opts.against_within (the paper's rule: every
+    conditioned hp but batch size and lr)."""
+    within = opts.against_within
+    if within == "all_but_batch_size_lr":
+        within = [h for h in condition_on if h not in ("batch_size", "train.batch_size", "lr", "train.lr")]
     orig = list(range(len(c))) if orig is None else orig
     models = [i for i in range(len(c)) if math.isfinite(c[i]) and math.isfinite(g[i])]
     tol = opts.gap_tol
@@ -89,38 +94,45 @@ def bf_score(c, g, hp, condition_on, against, opts: ScoreOptions, max_omega=2, o
             out.setdefault(tuple(hp[h][i] for h in names), []).append(i)
         return list(out.values())
 
+    def reduce(per):
+        """per: (I, H, W, has_pairs) of each cell; the value of the subset, or None."""
+        if not any(W > 0 for _, _, W, _ in per):
+            return None
+        zero = opts.empty_cell == "zero"
+        if opts.cell_reduce == "mean":
+            xs = []
+            for I, H, W, has in per:
+                good = W > 0 and (H > 0 or not opts.normalize)
+                if good:
+                    xs.append(I / H if opts.normalize else I)
+                elif zero and has:
+                    xs.append(0.0)
+            return sum(xs) / len(xs) if xs else None
+        keep = [(I, H, W) if W > 0 else (0.0, 0.0, 0) for I, H, W, has in per if W > 0 or (zero and has)]
+        w = [W if opts.cell_reduce == "pool" else 1 for _, _, W in keep]
+        num = sum(wi * I for wi, (I, H, W) in zip(w, keep))
+        hs = sum(wi * H for wi, (I, H, W) in zip(w, keep))
+        if opts.normalize:
+            return num / hs if hs > 0 else None
+        return num / sum(w) if sum(w) else None
+
     r = {}
     cond = list(dict.fromkeys(condition_on))
     for k in range(0, min(max_omega, len(cond)) + 1):
         vals = []
         for omega in itertools.combinations(cond, k):
-            per = [bf_mi(signs(ordered(cell)), opts.tie_rule, opts.log_base) for cell in cells(models, omega)]
-            per = [t for t in per if t[2] > 0]
-            if opts.cell_reduce == "mean":
-                if opts.normalize:
-                    xs = [I / H for I, H, W in per if H > 0]
-                else:
-                    xs = [I for I, H, W in per]
-                v = sum(xs) / len(xs) if xs else None
-            else:
-                w = [W if opts.cell_reduce == "pool" else 1 for _, _, W in per]
-                num = sum(wi * I for wi, (I, H, W) in zip(w, per))
-                hs = sum(wi * H for wi, (I, H, W) in zip(w, per))
-                if opts.normalize:
-                    v = num / hs if hs > 0 else None
-                else:
-                    v = num / sum(w) if w else None
+            per = [bf_mi(signs(ordered(cell)), opts.tie_rule, opts.log_base) + (len(ordered(cell)) > 0,)
+                   for cell in cells(models, omega)]
+            v = reduce(per)
             if v is not None:
                 vals.append(v)
         r[f"mi.{k}"] = sum(vals) / len(vals) if vals else None
         r[f"mi_min.{k}"] = min(vals) if vals else None
     for h in against:
         ms = [i for i in models if hp[h][i] is not None and not (isinstance(hp[h][i], float) and math.isnan(hp[h][i]))]
-        I, H, W = bf_mi(signs(ordered(ms), hp[h], 0.0), opts.tie_rule, opts.log_base)
-        if W == 0 or (opts.normalize and H == 0):
-            r[f"mi_hparam.{h}"] = None
-        else:
-            r[f"mi_hparam.{h}"] = I / H if opts.normalize else I
+        per = [bf_mi(signs(ordered(group), hp[h], 0.0), opts.tie_rule, opts.log_base) + (len(ordered(group)) > 0,)
+               for group in cells(ms, within)]
+        r[f"mi_hparam.{h}"] = reduce(per)
     r["kendall_tau"] = bf_tau(signs(ordered(models)), opts.tie_rule)
     H_all = list(dict.fromkeys(list(condition_on) + list(against)))
     psis = []
@@ -262,11 +274,15 @@ def test_pair_counts_large_groups_against_broadcast():
 # ---------------------------------------------------------------------------------------
 
 CONFIGS = [
-    ("paper", {}), ("jiang", {}), ("pgdl", {}),
+    ("paper", {}), ("jiang", {}), ("pgdl", {"cells": "shared"}),
+    ("paper", {"empty_cell": "skip", "against_within": ["b"]}),
+    ("jiang", {"empty_cell": "zero", "against_within": ["a", "c"]}),
+    ("jiang", {"empty_cell": "zero", "cell_reduce": "mean"}),
+    ("pgdl", {"empty_cell": "zero", "cells": "shared", "normalize": False}),
     ("paper", {"normalize": True, "cell_reduce": "pool"}),
     ("jiang", {"tie_rule": "drop", "cell_reduce": "mean", "log_base": math.e}),
     ("jiang", {"tie_rule": "lump", "normalize": False, "gap_tol": 0.15}),
-    ("pgdl", {"tie_rule": "category", "normalize": False, "cell_reduce": "pool_unweighted"}),
+    ("pgdl", {"tie_rule": "category", "normalize": False, "cells": "shared"}),
     ("jiang", {"pair_weight": "hoeffding", "n_test": 200, "min_ess": 1.5}),
     ("paper", {"pair_weight": "hoeffding", "n_test": 100, "weight_shift": 0.0}),
 ]
@@ -419,7 +435,7 @@ def test_hand_tie_rules():
     assert drop["mi"]["0"] == pytest.approx(1.0, abs=1e-12)
     assert drop["kendall_tau"] == pytest.approx(1.0, abs=1e-12)
     assert drop["sign_error"] == 0.0
-    lump = score_population(*args, preset="pgdl", normalize=False)["leaderboard"]["m"]
+    lump = score_population(*args, preset="pgdl", normalize=False, cells="shared")["leaderboard"]["m"]
     t = {(1, 1): 4, (1, 0): 1, (0, 1): 1, (0, 0): 6}
     px = {1: 5 / 12, 0: 7 / 12}
     Il = sum(k / 12 * math.log2((k / 12) / (px[a] * px[b])) for (a, b), k in t.items())
@@ -493,8 +509,9 @@ def _simple(n=200, seed=0):
 def test_perfect_and_reversed_predictor(preset):
     rng, g, hp = _simple()
     gaps = {"loss": g, "acc": g}
+    over = {"cells": "shared"} if preset == "pgdl" else {}   # the program's self-pairs: see test_pgdl_*
     board = score_population({"perfect": 3 * g + 1, "reversed": -g}, gaps, hp, ["a", "b"], ["d"],
-                             preset=preset, normalize=True)["leaderboard"]
+                             preset=preset, normalize=True, **over)["leaderboard"]
     for k in ("0", "1", "2"):
         assert board["perfect"]["mi"][k] == pytest.approx(1.0, abs=1e-12)
         assert board["perfect"]["mi_min"][k] == pytest.approx(1.0, abs=1e-12)
@@ -560,7 +577,7 @@ def test_string_and_object_hyperparameters():
 # bootstrap, options, output shape
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("preset,over", [("jiang", {}), ("paper", {}), ("pgdl", {}),
+@pytest.mark.parametrize("preset,over", [("jiang", {}), ("paper", {}), ("pgdl", {"cells": "shared"}),
                                          ("jiang", {"pair_weight": "hoeffding", "n_test": 200})])
 def test_resample_skips_pairs_of_copies(preset, over):
     """A bootstrap resample repeats models; every score on it equals the brute force over
@@ -570,7 +587,7 @@ def test_resample_skips_pairs_of_copies(preset, over):
     opts = resolve_options(preset, **over)
     idx = rng.integers(0, 30, 30)
     assert np.unique(idx).size < idx.size
-    st = _structure(30, hp, ["a", "b", "c"], ["d"], 2)
+    st = _structure(30, hp, ["a", "b", "c"], ["d"], 2, against_groups(opts, ["a", "b", "c"]))
     got = _score_once(idx, measures, gaps[opts.gap], st, opts, 2)
     hp_rows = {h: [v.tolist()[i] for i in idx] for h, v in hp.items()}
     for name, c in measures.items():
@@ -650,3 +667,91 @@ def test_no_torch_import():
                 assert not any(a.name.split(".")[0] == "torch" for a in node.names), rel
             if isinstance(node, ast.ImportFrom):
                 assert (node.module or "").split(".")[0] != "torch", rel
+
+
+# ---------------------------------------------------------------------------------------
+# the paper's rules (Jin et al. 2022, Table 2), written out independently
+# ---------------------------------------------------------------------------------------
+
+def paper_rules(c, g, hp, cond, against):
+    """Table 2 as the authors' rules state it, one ordered pair at a time: unnormalized MI in
+    bits of (sign dc, sign dGG) over pairs not tied in c and with |dGG| > 1e-4; per cell of
+    omega, a cell whose pairs are all dropped counts as MI 0; mean over cells, then over the
+    omegas of each size. Dropout column: MI of (sign dc, sign d dropout) within groups of
+    models sharing every conditioned hp but batch size and lr, mean over groups."""
+    n = len(c)
+
+    def mi_bits(pairs):
+        if not pairs:
+            return 0.0
+        joint = {}
+        for p in pairs:
+            joint[p] = joint.get(p, 0) + 1
+        W = len(pairs)
+        pa = {a: sum(k for (x, _), k in joint.items() if x == a) / W for a in (-1, 1)}
+        pb = {b: sum(k for (_, y), k in joint.items() if y == b) / W for b in (-1, 1)}
+        return sum(k / W * math.log2((k / W) / (pa[a] * pb[b])) for (a, b), k in joint.items())
+
+    def groups(names):
+        out = {}
+        for i in range(n):
+            out.setdefault(tuple(hp[h][i] for h in names), []).append(i)
+        return [v for v in out.values() if len(v) > 1]
+
+    def sign(v):
+        return (v > 0) - (v < 0)
+
+    r = {}
+    for k in range(3):
+        per_omega = []
+        for omega in itertools.combinations(cond, k):
+            per_cell = []
+            for cell in groups(omega):
+                pairs = [(sign(c[i] - c[j]), sign(g[i] - g[j])) for i in cell for j in cell
+                         if i != j and c[i] != c[j] and abs(g[i] - g[j]) > 1e-4]
+                per_cell.append(mi_bits(pairs))
+            per_omega.append(sum(per_cell) / len(per_cell))
+        r[k] = sum(per_omega) / len(per_omega)
+    fixed = [h for h in cond if h not in ("batch_size", "train.batch_size", "lr", "train.lr")]
+    for h in against:
+        per_group = []
+        for grp in groups(fixed):
+            pairs = [(sign(c[i] - c[j]), sign(hp[h][i] - hp[h][j])) for i in grp for j in grp
+                     if i != j and c[i] != c[j] and hp[h][i] != hp[h][j]]
+            per_group.append(mi_bits(pairs))
+        r[h] = sum(per_group) / len(per_group)
+    return r
+
+
+def test_paper_preset_equals_the_authors_rules():
+    """A 2 x 2 x 2 x 3 grid, two seeds, with a measure that is constant on some cells (all
+    pairs tied: MI 0 under the paper's rule), gaps tied within 1e-4, and hp names in both
+    spellings the authors' rule must recognise."""
+    rng = np.random.default_rng(21)
+    grid = list(itertools.product([64, 256], [0.1, 0.03], [1, 2], [0.0, 0.15, 0.3], [0, 1]))
+    n = len(grid)
+    hp = {"train.batch_size": np.array([t[0] for t in grid]), "lr": np.array([t[1] for t in grid]),
+          "depth": np.array([t[2] for t in grid]), "dropout": np.array([t[3] for t in grid])}
+    g = np.round(rng.normal(size=n), 1) + rng.choice([0.0, 5e-5], n)      # ties and near-ties
+    coarse = np.where(hp["depth"] == 1, 1.0, np.round(g + rng.normal(size=n), 0))  # constant on depth 1
+    dropout_led = hp["dropout"] * 4 + np.round(rng.normal(size=n), 0) + hp["depth"]
+    measures = {"coarse": coarse, "dropout_led": dropout_led, "noisy": np.round(rng.normal(size=n), 1)}
+    cond = ["train.batch_size", "lr", "depth"]
+    board = score_population(measures, {"loss": g}, hp, cond, ["dropout"], preset="paper")
+    assert board["options"]["against_within"] == ["depth"]
+    hp_py = {h: v.tolist() for h, v in hp.items()}
+    for name, c in measures.items():
+        want = paper_rules(c.tolist(), g.tolist(), hp_py, cond, ["dropout"])
+        e = board["leaderboard"][name]
+        for k in range(3):
+            assert e["mi"][str(k)] == pytest.approx(want[k], abs=1e-12), (name, k)
+        assert e["mi_hparam"]["dropout"] == pytest.approx(want["dropout"], abs=1e-12), name
+    # the zero cells matter: skipping them (the old rule) reads higher for 'coarse'
+    skip = score_population(measures, {"loss": g}, hp, cond, ["dropout"], preset="paper",
+                            empty_cell="skip")["leaderboard"]["coarse"]
+    assert skip["mi"]["2"] > board["leaderboard"]["coarse"]["mi"]["2"]
+    # and the groups matter: over all pairs the Dropout column differs
+    pooled = score_population(measures, {"loss": g}, hp, cond, ["dropout"], preset="paper",
+                              against_within=[])["leaderboard"]["dropout_led"]
+    assert pooled["mi_hparam"]["dropout"] != pytest.approx(
+        board["leaderboard"]["dropout_led"]["mi_hparam"]["dropout"], abs=1e-3)
