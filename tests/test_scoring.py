@@ -755,3 +755,132 @@ def test_paper_preset_equals_the_authors_rules():
                               against_within=[])["leaderboard"]["dropout_led"]
     assert pooled["mi_hparam"]["dropout"] != pytest.approx(
         board["leaderboard"]["dropout_led"]["mi_hparam"]["dropout"], abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------------
+# the PGDL organizers' scoring program, transcribed
+# ---------------------------------------------------------------------------------------
+
+def pgdl_program(pred, train_acc, test_acc, hp, names):
+    """The rules of the NeurIPS 2020 PGDL scoring program, written plainly from a reading of
+    ``scoring_program/mutual_information.py`` (public copy: github.com/cadurosar/pgdl, commit
+    1a012efd), ``conditional_mutual_information``:
+
+    - gap = train_acc - test_acc;
+    - for every ordered pair (h1, h2) of distinct hyperparameter names: one 2 x 2 table per
+      name str(v)+str(w) (per hp, v, w over its values, names concatenated across h1, h2);
+      every ordered model pair (i, j), i == j included, goes to the table named by
+      (h1_i, h1_j, h2_i, h2_j), at ([gap_i > gap_j], [pred_i > pred_j]);
+    - per table: MI in bits and the entropy of the gap marginal, -sum p log2(p + 1e-12);
+      an empty table gives NaN (0 / 0);
+    - value = mean MI over all tables / mean entropy over all tables;
+    - result: m = inf; m = min(value, m) over the (h1, h2) in order (Python's min).
+    """
+    n = len(pred)
+    gap = [train_acc[i] - test_acc[i] for i in range(n)]
+    values = {h: list(dict.fromkeys(hp[h])) for h in names}
+
+    def table_value(h1, h2):
+        tables = {}
+        for n1 in [str(v) + str(w) for v in values[h1] for w in values[h1]]:
+            for n2 in [str(v) + str(w) for v in values[h2] for w in values[h2]]:
+                tables.setdefault(n1 + n2, [[0, 0], [0, 0]])
+        n_tables = len(values[h1]) ** 2 * len(values[h2]) ** 2    # the program's third axis
+        for i in range(n):
+            for j in range(n):
+                key = str(hp[h1][i]) + str(hp[h1][j]) + str(hp[h2][i]) + str(hp[h2][j])
+                tables[key][int(gap[i] > gap[j])][int(pred[i] > pred[j])] += 1
+        if len(tables) < n_tables:                               # names collided: empty tables
+            return math.nan
+        mis, hs = [], []
+        for t in tables.values():
+            total = sum(map(sum, t))
+            if total == 0:
+                return math.nan
+            row = [sum(t[a]) / total for a in (0, 1)]
+            col = [(t[0][b] + t[1][b]) / total for b in (0, 1)]
+            mi = sum(t[a][b] / total * math.log2((t[a][b] / total) / (row[a] * col[b]))
+                     for a in (0, 1) for b in (0, 1) if t[a][b])
+            mis.append(mi)
+            hs.append(-sum(p * math.log2(p + 1e-12) for p in row))
+        return (sum(mis) / len(mis)) / (sum(hs) / len(hs))
+
+    m = math.inf
+    for h1 in names:
+        for h2 in names:
+            if h1 != h2:
+                m = min(table_value(h1, h2), m)
+    return m
+
+
+def pgdl_table(seed, drop=None, values=(2, 3, 2)):
+    """A grid (values per hp) x 2 seeds with tied accuracies and tied measures; ``drop``: leave
+    out the models whose first hp indices equal it."""
+    rng = np.random.default_rng(seed)
+    grid = [t for t in itertools.product(*[range(k) for k in values], range(2))
+            if drop is None or t[:len(drop)] != drop]
+    hp = {"depth": [t[0] + 1 for t in grid], "width": [[0.5, 1.0, 2.0][t[1]] for t in grid],
+          "act": [["relu", "tanh"][t[2]] for t in grid]}
+    n = len(grid)
+    train_acc = np.round(0.9 + 0.1 * rng.random(n), 2)
+    test_acc = np.round(train_acc - 0.2 * rng.random(n) * (1 + np.array(hp["depth"])) / 3, 2)
+    gap = train_acc - test_acc
+    measures = {"good": np.round(gap * 10 + rng.normal(size=n), 0),
+                "ties": rng.integers(0, 3, n).astype(float),
+                "reversed": -gap}
+    return measures, train_acc, test_acc, hp
+
+
+@pytest.mark.parametrize("case", ["full", "missing_cell"])
+def test_pgdl_preset_equals_the_program(case):
+    measures, tr, te, hp = pgdl_table(31, drop=(1, 2) if case == "missing_cell" else None)
+    names = ["depth", "width", "act"]
+    hp_np = {h: np.array(v, dtype=object) for h, v in hp.items()}
+    board = score_population(measures, {"acc": tr - te}, hp_np, names, [], preset="pgdl")
+    for name, c in measures.items():
+        want = pgdl_program(c.tolist(), tr.tolist(), te.tolist(), hp, names)
+        got = board["leaderboard"][name]["mi_min"]["2"]
+        if math.isnan(want):
+            assert got is None, (name, got)
+        else:
+            assert got == pytest.approx(want, abs=1e-9), name
+
+
+def test_pgdl_program_quirks():
+    """Values the transcription gave once (numbers written down below), and the quirks: a
+    missing cell makes a subset NaN, and the NaN resets the program's running minimum;
+    hp values whose names collide ("1"+"11" == "11"+"1") leave a table empty."""
+    measures, tr, te, hp = pgdl_table(31)
+    names = ["depth", "width", "act"]
+    hp_np = {h: np.array(v, dtype=object) for h, v in hp.items()}
+    board = score_population(measures, {"acc": tr - te}, hp_np, names, [], preset="pgdl")
+    lb = board["leaderboard"]
+    # computed once with pgdl_program on pgdl_table(31) (full grid)
+    assert lb["good"]["mi_min"]["2"] == pytest.approx(PGDL_FULL_GOOD, abs=1e-9)
+    assert lb["reversed"]["mi_min"]["2"] == pytest.approx(PGDL_FULL_REVERSED, abs=1e-9)
+    # a backwards measure is not 1 under the program: self-pairs and ties sit in (not >, not >)
+    assert lb["reversed"]["mi_min"]["2"] < 0.9
+    # missing cell (depth 2, width 2.0): subset {depth, width} is NaN. In the order
+    # (width, act, depth) the program visits (width, act), (width, depth) NaN, (act, width),
+    # (act, depth), (depth, width) NaN, (depth, act): only {depth, act} follows the last NaN,
+    # so the result is that subset's value alone, though {width, act} may be lower.
+    m2, tr2, te2, hp2 = pgdl_table(31, drop=(1, 2))
+    hp2_np = {h: np.array(v, dtype=object) for h, v in hp2.items()}
+    order = ["width", "act", "depth"]
+    b2 = score_population(m2, {"acc": tr2 - te2}, hp2_np, order, [], preset="pgdl")["leaderboard"]
+    alone = score_population(m2, {"acc": tr2 - te2}, hp2_np, ["act", "depth"], [], preset="pgdl")
+    for name in m2:
+        want = pgdl_program(m2[name].tolist(), tr2.tolist(), te2.tolist(), hp2, order)
+        assert b2[name]["mi_min"]["2"] == pytest.approx(want, abs=1e-9)
+        assert b2[name]["mi_min"]["2"] == pytest.approx(alone["leaderboard"][name]["mi_min"]["2"], abs=1e-12)
+    # colliding names: depth values 1 and 11
+    hp3 = dict(hp, depth=[1 if d == 1 else 11 for d in hp["depth"]])
+    hp3_np = {h: np.array(v, dtype=object) for h, v in hp3.items()}
+    b3 = score_population(measures, {"acc": tr - te}, hp3_np, ["width", "depth"], [], preset="pgdl")
+    assert math.isnan(pgdl_program(measures["good"].tolist(), tr.tolist(), te.tolist(), hp3,
+                                   ["width", "depth"]))
+    assert b3["leaderboard"]["good"]["mi_min"]["2"] is None
+
+
+PGDL_FULL_GOOD = 0.10516876779467693        # pgdl_program on pgdl_table(31), 2026-12-01
+PGDL_FULL_REVERSED = 0.6760370045293264
