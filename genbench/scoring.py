@@ -826,6 +826,10 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
             losses = _env_losses_weighted(m, x, y, st, opts)
         r["sign_error"] = float(losses.mean()) if losses.size else np.nan
         r["robust_sign_error"] = float(losses.max()) if losses.size else np.nan
+        size = np.bincount(st.setting[p["xy"][0]], minlength=st.n_settings)
+        r["single_pair_envs"] = bool(st.env_a.size) and int((size[st.env_a] * size[st.env_b]).max()) <= 1
+        if r["single_pair_envs"]:       # every loss is 0 or 1: the maximum says nothing
+            r["robust_sign_error"] = np.nan
         r["n_models"] = p["n"]
         out[name] = r
     return out
@@ -887,6 +891,17 @@ def _env_losses_weighted(m: np.ndarray, x: np.ndarray, y: np.ndarray, st: _Struc
         ess = np.where(sw2 > 0, sw * sw / sw2, 0.0)
     keep = (sw > 0) & (ess >= opts.min_ess)
     return sl[keep] / sw[keep]
+
+
+ROBUST_UNDEFINED = ("undefined: every environment holds a single pair of models (one model per "
+                    "setting), so each environment's loss is 0 or 1 and the maximum is 1 for any "
+                    "measure; train two seeds or more")
+
+
+def _direction(tau: float) -> int:
+    """Sign of Kendall's tau with the gap: 1 (measure grows with the gap), -1 (ranks it
+    backwards), 0 (tied or undefined). MI cannot tell 1 from -1."""
+    return int(np.sign(tau)) if np.isfinite(tau) else 0
 
 
 def _jsonable(v: float) -> float | None:
@@ -959,11 +974,16 @@ def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray
             "granulated_kendall": _jsonable(r["granulated_kendall"]),
             "sign_error": _jsonable(r["sign_error"]),
             "robust_sign_error": _jsonable(r["robust_sign_error"]),
+            "direction": _direction(r["kendall_tau"]),
             "n_models": int(r["n_models"]),
             "ci": ci[name],
         }
+    notes = {}
+    if any(point[name]["single_pair_envs"] for name in meas):
+        notes["robust_sign_error"] = (ROBUST_UNDEFINED)
     resolved = asdict(opts)
     resolved.update({"preset": preset, "condition_on": condition_on, "against": against,
                      "against_within": within,
                      "max_omega": max_omega, "bootstrap": bootstrap, "seed": seed})
-    return {"preset": preset, "n_models": int(n), "options": resolved, "leaderboard": board}
+    return {"preset": preset, "n_models": int(n), "options": resolved, "notes": notes,
+            "leaderboard": board}

@@ -171,6 +171,10 @@ def bf_score(c, g, hp, condition_on, against, opts: ScoreOptions, max_omega=2, o
                 losses.append(sl / sw)
     r["sign_error"] = sum(losses) / len(losses) if losses else None
     r["robust_sign_error"] = max(losses) if losses else None
+    pairs_per_env = [len(settings[a]) * len(settings[b]) for a, b in itertools.combinations(keys, 2)
+                     if sum(x != y for x, y in zip(a, b)) == 1]
+    if pairs_per_env and max(pairs_per_env) <= 1:      # one seed: undefined
+        r["robust_sign_error"] = None
     r["n_models"] = len(models)
     return r
 
@@ -360,7 +364,7 @@ def test_hand_four_models_mixed_directions():
     assert e["kendall_tau"] == pytest.approx(1 / 3, abs=1e-12)
     assert e["granulated_kendall"] == pytest.approx(0.0, abs=1e-12)
     assert e["sign_error"] == pytest.approx(0.5, abs=1e-12)
-    assert e["robust_sign_error"] == pytest.approx(1.0, abs=1e-12)
+    assert e["robust_sign_error"] is None      # one model per setting: undefined (science.md §3)
     # paper preset: unnormalized bits; with no ties and symmetric counting the same numbers
     p = score_population({"m": c}, {"loss": g, "acc": g}, hp, ["a", "b"], [], preset="paper")["leaderboard"]["m"]
     assert p["mi"]["0"] == pytest.approx(1 - hb(1 / 3), abs=1e-12)
@@ -382,7 +386,7 @@ def test_hand_four_models_one_env_discordant():
     assert e["mi"]["0"] == pytest.approx(1 - hb(1 / 6), abs=1e-12)
     assert e["kendall_tau"] == pytest.approx(2 / 3, abs=1e-12)
     assert e["granulated_kendall"] == pytest.approx(1.0, abs=1e-12)
-    assert e["sign_error"] == 0.0 and e["robust_sign_error"] == 0.0
+    assert e["sign_error"] == 0.0 and e["robust_sign_error"] is None   # one pair per environment
 
 
 def test_hand_mi_with_hyperparameter_and_tie_rule():
@@ -491,7 +495,30 @@ def test_hand_weighted_sign_error():
     # envs: (1,2) dgap 0.1 -> w>0, loss 0; (3,4) dgap 1e-4 -> w = 0, dropped;
     # (1,3) h=0, k varies: c tie -> loss 1/2, dgap .5 -> w > 0; (2,4): c tie, loss 1/2
     assert e["sign_error"] == pytest.approx((0 + 0.5 + 0.5) / 3, abs=1e-12)
-    assert e["robust_sign_error"] == pytest.approx(0.5, abs=1e-12)
+    assert e["robust_sign_error"] is None                               # one pair per environment
+
+
+def test_robust_sign_error_defined_with_two_seeds_and_direction():
+    """One model per setting: robust sign-error undefined, with the reason in "notes"; a
+    second seed makes it the maximum over environments again. A measure ranking the models
+    backwards reads direction -1 (its MI is as high as the perfect one's)."""
+    c = np.array([1.0, 2, 3, 4])
+    g = np.array([1.0, 3, 2, 4])
+    hp = {"a": np.array([0, 0, 1, 1]), "b": np.array([0, 1, 0, 1])}
+    one = score_population({"m": c, "reversed": -g, "flat": np.ones(4)}, {"acc": g}, hp, ["a", "b"], [],
+                           preset="jiang")
+    assert one["leaderboard"]["m"]["robust_sign_error"] is None
+    assert "single pair" in one["notes"]["robust_sign_error"]
+    assert [one["leaderboard"][k]["direction"] for k in ("m", "reversed", "flat")] == [1, -1, 0]
+    # two seeds: settings hold two models; environment (a=0, b=0) vs (a=0, b=1) has 4 pairs
+    c2 = np.concatenate([c, c + 0.5])
+    g2 = np.concatenate([g, g[[1, 0, 3, 2]]])
+    hp2 = {h: np.concatenate([v, v]) for h, v in hp.items()}
+    two = score_population({"m": c2}, {"acc": g2}, hp2, ["a", "b"], [], preset="jiang")
+    hp_py = {h: v.tolist() for h, v in hp2.items()}
+    want = bf_score(c2.tolist(), g2.tolist(), hp_py, ["a", "b"], [], PRESETS["jiang"])
+    assert two["leaderboard"]["m"]["robust_sign_error"] == pytest.approx(want["robust_sign_error"], abs=1e-12)
+    assert 0 < want["robust_sign_error"] < 1 and two["notes"] == {}
 
 
 # ---------------------------------------------------------------------------------------
@@ -593,6 +620,7 @@ def test_resample_skips_pairs_of_copies(preset, over):
     for name, c in measures.items():
         want = bf_score([c[i] for i in idx], [gaps[opts.gap][i] for i in idx], hp_rows,
                         ["a", "b", "c"], ["d"], opts, orig=idx.tolist())
+        got[name].pop("single_pair_envs")
         assert_close(got[name], want)
 
 
@@ -628,7 +656,7 @@ def test_output_shape_and_json():
     assert board["options"]["gap"] == "acc" and board["options"]["tie_rule"] == "lump"
     e = board["leaderboard"]["m1"]
     assert set(e) == {"mi", "mi_min", "mi_hparam", "kendall_tau", "granulated_kendall",
-                      "sign_error", "robust_sign_error", "n_models", "ci"}
+                      "sign_error", "robust_sign_error", "direction", "n_models", "ci"}
     assert list(e["mi"]) == ["0", "1", "2"] and list(e["mi_hparam"]) == ["d"]
     assert e["n_models"] == 29
     one = score_population(measures, gaps, hp, ["a"], [], preset="pgdl")
