@@ -53,6 +53,7 @@ _REDUCE = ("mean", "min")
 _PAIR_WEIGHT = ("none", "hoeffding")
 _EMPTY = ("skip", "zero")
 _CELLS = ("shared", "value_pairs")
+_INTERVALS = ("subsample", "bootstrap")
 #: ``against_within`` value: hold fixed every conditioned hp except batch size and lr
 BUT_BATCH_LR = "all_but_batch_size_lr"
 _BATCH_LR = ("batch_size", "train.batch_size", "lr", "train.lr")
@@ -73,7 +74,7 @@ class ScoreOptions:
                                     # "pool_unweighted" (mean I / mean H, the PGDL scoring program's)
     reduce: str = "mean"            # the subset reduction the preset's published table used; both
                                     # "mi" (mean) and "mi_min" (minimum) are always reported
-    ci_level: float = 0.95          # bootstrap percentile interval level
+    ci_level: float = 0.95          # interval level
     pair_weight: str = "none"       # sign-error pair weights: "none" | "hoeffding" (Dziugaite et al.)
     n_test: int = 10000             # test-set size behind the Hoeffding weight
     weight_shift: float = 0.5       # Dziugaite's weight is (hoeffding - weight_shift)_+
@@ -82,6 +83,8 @@ class ScoreOptions:
     against_within: tuple[str, ...] | str = ()  # MI with an 'against' hp within groups of models sharing
                                     # these hps, reduced over groups like cells; BUT_BATCH_LR = every
                                     # condition_on hp except batch size and lr (the authors' rule)
+    interval: str = "subsample"     # "subsample": half-samples without replacement, rescaled
+                                    # (docs/scoring.md); "bootstrap": percentile bootstrap
     cells: str = "shared"           # a cell's pairs: "shared" (both models share omega's values) or
                                     # "value_pairs" (all ordered pairs, self-pairs too, one cell per pair
                                     # of values: the PGDL scoring program's tables)
@@ -90,7 +93,7 @@ class ScoreOptions:
         checks = [("gap", self.gap, _GAPS), ("tie_rule", self.tie_rule, _TIE_RULES),
                   ("cell_reduce", self.cell_reduce, _CELL_REDUCE), ("reduce", self.reduce, _REDUCE),
                   ("pair_weight", self.pair_weight, _PAIR_WEIGHT), ("empty_cell", self.empty_cell, _EMPTY),
-                  ("cells", self.cells, _CELLS)]
+                  ("cells", self.cells, _CELLS), ("interval", self.interval, _INTERVALS)]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"ScoreOptions.{name}={value!r}: choose one of {list(allowed)}")
@@ -908,6 +911,57 @@ def _jsonable(v: float) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 
 
+def _score_range(path: str, opts: ScoreOptions) -> tuple[float, float]:
+    """The values a score can take (an interval is clipped to them)."""
+    if path in ("kendall_tau", "granulated_kendall"):
+        return -1.0, 1.0
+    if path in ("sign_error", "robust_sign_error"):
+        return 0.0, 1.0
+    return 0.0, 1.0 if opts.normalize else math.inf
+
+
+def _intervals(point: dict, meas: dict[str, np.ndarray], gap: np.ndarray, st: _Structure,
+               opts: ScoreOptions, max_k: int, paths: list[str], draws: int,
+               seed: int) -> dict[str, dict[str, list[float | None]]]:
+    """Intervals for every score from ``draws`` resamples of the models, seeded, the same
+    resamples for every measure (so intervals are paired).
+
+    ``subsample``: half of the models without replacement (no duplicate models, which bias
+    MI), and the basic interval theta - sqrt(m/(n-m)) * quantiles(theta_m - theta). For a
+    smooth statistic of n models, theta_m - theta at m = n/2 has the spread of theta - truth
+    (the delete-d jackknife, d = n - m); its mean is the first-order small-sample bias, which
+    the basic interval subtracts. ``bootstrap``: percentile interval over resamples with
+    replacement (pairs of two copies of one model are skipped)."""
+    n = gap.size
+    rng = np.random.default_rng(seed)
+    half = opts.interval == "subsample"
+    m = n // 2
+    if half and m < 2:
+        return {name: {pth: [None, None] for pth in paths} for name in meas}
+    reps = {name: np.full((draws, len(paths)), np.nan) for name in meas}
+    for b in range(draws):
+        idx = np.sort(rng.choice(n, size=m, replace=False)) if half else rng.integers(0, n, size=n)
+        res = _score_once(idx, meas, gap, st, opts, max_k)
+        for name in meas:
+            reps[name][b] = [res[name][pth] for pth in paths]
+    alpha = (1.0 - opts.ci_level) / 2.0
+    scale = math.sqrt(m / (n - m)) if half else 1.0
+    ci: dict[str, dict[str, list[float | None]]] = {name: {} for name in meas}
+    for name in meas:
+        for j, pth in enumerate(paths):
+            col = reps[name][:, j]
+            col = col[np.isfinite(col)]
+            theta = point[name][pth]
+            if not col.size or (half and not np.isfinite(theta)):
+                ci[name][pth] = [None, None]
+                continue
+            q_lo, q_hi = np.quantile(col, [alpha, 1.0 - alpha])
+            lo, hi = (theta - scale * (q_hi - theta), theta - scale * (q_lo - theta)) if half else (q_lo, q_hi)
+            a, b_ = _score_range(pth, opts)
+            ci[name][pth] = [float(min(max(lo, a), b_)), float(min(max(hi, a), b_))]
+    return ci
+
+
 def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray],
                      hparams: dict[str, np.ndarray], condition_on: list[str], against: list[str],
                      preset: str = "paper", max_omega: int = 2, bootstrap: int = 0, seed: int = 0,
@@ -919,7 +973,8 @@ def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray
     (the preset's ``gap`` option picks one). hparams: name -> value per model.
     condition_on: hyperparameters omega ranges over; against: hyperparameters to report
     MI with (never conditioned on by this function). bootstrap: number of resamples of
-    the models (with replacement, seeded) for percentile intervals of every score.
+    the models (seeded; half-samples without replacement unless ``interval="bootstrap"``)
+    for intervals of every score (:func:`_intervals`).
     """
     opts = resolve_options(preset, **overrides)
     if max_omega < 0:
@@ -945,22 +1000,7 @@ def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray
     paths = score_paths(max_k, against)
     ci: dict[str, dict[str, list[float | None]]] = {name: {} for name in meas}
     if bootstrap > 0 and n > 0:
-        rng = np.random.default_rng(seed)
-        reps = {name: np.full((bootstrap, len(paths)), np.nan) for name in meas}
-        for b in range(bootstrap):
-            res = _score_once(rng.integers(0, n, size=n), meas, gap, st, opts, max_k)
-            for name in meas:
-                reps[name][b] = [res[name][pth] for pth in paths]
-        alpha = (1.0 - opts.ci_level) / 2.0
-        for name in meas:
-            for j, pth in enumerate(paths):
-                col = reps[name][:, j]
-                col = col[np.isfinite(col)]
-                if col.size:
-                    lo_, hi_ = np.quantile(col, [alpha, 1.0 - alpha])
-                    ci[name][pth] = [float(lo_), float(hi_)]
-                else:
-                    ci[name][pth] = [None, None]
+        ci = _intervals(point, meas, gap, st, opts, max_k, paths, bootstrap, seed)
 
     board: dict[str, Any] = {}
     for name in meas:

@@ -912,3 +912,40 @@ def test_pgdl_program_quirks():
 
 PGDL_FULL_GOOD = 0.10516876779467693        # pgdl_program on pgdl_table(31), 2026-12-01
 PGDL_FULL_REVERSED = 0.6760370045293264
+
+
+# ---------------------------------------------------------------------------------------
+# interval coverage against a known truth
+# ---------------------------------------------------------------------------------------
+
+def coverage_population(rng, n, rho):
+    """(measure, gap) bivariate normal with correlation rho, no ties: Kendall's tau is
+    (2/pi) arcsin(rho) (Greiner's relation), and with both orientations of every pair the
+    sign-MI in bits is 1 - H_b((1 + tau)/2)."""
+    z = rng.normal(size=(n, 2))
+    c = z[:, 0]
+    g = rho * z[:, 0] + math.sqrt(1 - rho * rho) * z[:, 1]
+    return {"m": c}, {"loss": g, "acc": g}, {"a": rng.integers(0, 2, n)}
+
+
+def coverage(interval, draws, n=60, rho=0.5, resamples=60, seed=0):
+    """Share of draws whose 95% interval covers the truth, for MI and tau."""
+    tau = 2 / math.pi * math.asin(rho)
+    truth = {"mi.0": 1 - hb((1 + tau) / 2), "kendall_tau": tau}
+    rng = np.random.default_rng(seed)
+    hits = {k: 0 for k in truth}
+    for d in range(draws):
+        measures, gaps, hp = coverage_population(rng, n, rho)
+        board = score_population(measures, gaps, hp, [], [], preset="jiang", max_omega=0,
+                                 bootstrap=resamples, seed=d, interval=interval)
+        for k, t in truth.items():
+            lo, hi = board["leaderboard"]["m"]["ci"][k]
+            hits[k] += lo <= t <= hi
+    return {k: v / draws for k, v in hits.items()}
+
+
+def test_subsample_interval_covers_the_truth():
+    """30 draws here (200 in benchmarks/bench_scoring.py --coverage, see docs/scoring.md):
+    the half-sample interval covers the true MI and tau in most draws."""
+    cov = coverage("subsample", draws=30)
+    assert cov["mi.0"] >= 0.85 and cov["kendall_tau"] >= 0.85, cov
