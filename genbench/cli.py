@@ -104,6 +104,7 @@ def run(
     address: Annotated[Optional[str], typer.Option(help="cluster address for the ray executor")] = None,
     batching: Annotated[OnOff, typer.Option(help="train same-shape models as one stacked computation")] = OnOff.on,
     sort: Annotated[Optional[str], typer.Option(help="sort the leaderboard by this column")] = None,
+    include_unconverged: Annotated[bool, typer.Option(help="score models that missed the training target too")] = False,
 ) -> None:
     """Train a suite's population, compute every measure, score them, show the leaderboard."""
     from genbench import runner
@@ -114,6 +115,8 @@ def run(
 
         registry = get_registry()
         spec = load_suite(suite, registry)  # every problem is reported before any work starts
+        if include_unconverged:
+            spec.scoring.include_unconverged = True
         bars, progress = rich_progress()
         extra = {"executor_params": {"address": address}} if address else {}
         try:
@@ -152,12 +155,14 @@ def leaderboard(
     json_out: Annotated[bool, typer.Option("--json", help="print the leaderboard JSON")] = False,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="write Markdown here")] = None,
     sort: Annotated[Optional[str], typer.Option(help="sort by this column")] = None,
+    include_unconverged: Annotated[bool, typer.Option(help="score models that missed the training target too")] = False,
 ) -> None:
     """Re-render the leaderboard of the last run in a store, from stored records alone."""
     from genbench import runner
 
     with friendly_errors():
-        result = runner.leaderboard(store, suite=suite, preset=preset)
+        result = runner.leaderboard(store, suite=suite, preset=preset,
+                                    include_unconverged=True if include_unconverged else None)
         if json_out:
             typer.echo(json.dumps(result, indent=2, default=str))
         else:

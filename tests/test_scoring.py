@@ -949,3 +949,48 @@ def test_subsample_interval_covers_the_truth():
     the half-sample interval covers the true MI and tau in most draws."""
     cov = coverage("subsample", draws=30)
     assert cov["mi.0"] >= 0.85 and cov["kendall_tau"] >= 0.85, cov
+
+
+# ---------------------------------------------------------------------------------------
+# convergence: unconverged models are left out of the scores by default
+# ---------------------------------------------------------------------------------------
+
+def test_converged_rule():
+    from genbench.suite import TrainRecipe
+    from genbench.training import converged
+
+    assert converged({"train_loss": 0.9, "train_acc": 0.1}, TrainRecipe())       # no target
+    loss = TrainRecipe(stop_train_loss=0.05)
+    assert converged({"train_loss": 0.05, "train_acc": 0.5}, loss)
+    assert not converged({"train_loss": 0.0501, "train_acc": 1.0}, loss)
+    acc = TrainRecipe(stop_train_acc=0.99)
+    assert converged({"train_loss": 2.0, "train_acc": 0.995}, acc)
+    assert not converged({"train_loss": 0.0, "train_acc": 0.98}, acc)
+
+
+def test_score_rows_leaves_out_unconverged():
+    from genbench.plugins import get_registry
+    from genbench.runner import score_rows
+    from genbench.suite import load_suite
+
+    suite = load_suite("default", get_registry())
+    rng = np.random.default_rng(4)
+    grid = list(itertools.product(*[sorted(set(v)) for v in suite.grid.values()]))
+    rows = []
+    for i, values in enumerate(grid):
+        gap = float(rng.normal())
+        rows.append({"hparams": dict(zip(suite.grid, values)), "gap": gap, "acc_gap": gap / 10,
+                     "converged": i % 5 != 0,
+                     "measures": {m: float(gap + rng.normal()) for m in suite.measures}})
+    board = score_rows(rows, suite)
+    kept = [r for r in rows if r["converged"]]
+    assert board["left_out"] == {"unconverged": len(rows) - len(kept)} and board["n_models"] == len(kept)
+    m = suite.measures[0] if isinstance(suite.measures, list) else next(iter(suite.measures))
+    want = score_population({m: np.array([r["measures"][m] for r in kept])},
+                            {"loss": np.array([r["gap"] for r in kept]),
+                             "acc": np.array([r["acc_gap"] for r in kept])},
+                            {h: np.array([r["hparams"][h] for r in kept], dtype=object) for h in suite.grid},
+                            suite.condition_on(), suite.against(), preset=suite.scoring.preset)
+    assert board["leaderboard"][m] == want["leaderboard"][m]
+    both = score_rows(rows, suite, include_unconverged=True)
+    assert both["left_out"] == {"unconverged": 0} and both["n_models"] == len(rows)
