@@ -749,8 +749,10 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
         ry, rq = _tol_ranks(y, opts.gap_tol) if y.size else (rx, rx)
         p: dict[str, Any] = {"n": int(pos.size)}
         # conditional MI: one block per subset (cells as groups); subset 0 gives tau too
-        p["subsets"] = [blocks.add(cells[m], nc, rx, ry, rq, m) for cells, nc in st.subset_cells]
-        if opts.cells == "value_pairs":
+        pgdl = opts.cells == "value_pairs"          # then only subset 0 (for tau) needs counts
+        p["subsets"] = [blocks.add(cells[m], nc, rx, ry, rq, m) if not (pgdl and si) else None
+                        for si, (cells, nc) in enumerate(st.subset_cells)]
+        if pgdl:
             p["value_pairs"] = [_value_pair_mi(cells[m], grid, rx, ry, opts)
                                 for (cells, _), grid in zip(st.subset_cells, st.grid)]
         # MI with each 'against' hyperparameter: one group, exact ties
