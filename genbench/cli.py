@@ -239,6 +239,7 @@ def run(
     wide: WIDE = False,
     intervals: INTERVALS = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="train and measure again what failed before")] = False,
+    include_unconverged: Annotated[bool, typer.Option("--include-unconverged", help="score models that missed the training target too")] = False,
 ) -> None:
     """Train a suite's population, compute every measure, score them, show the leaderboard.
 
@@ -261,6 +262,8 @@ def run(
         check_builds(specs, registry)
         if retry_failed:
             forget_failures(store, [m.key for m in specs])
+        if include_unconverged:
+            spec.scoring.include_unconverged = True
         bars, progress = rich_progress()
         extra = {"executor_params": {"address": address}} if address else {}
         try:
@@ -317,6 +320,7 @@ def leaderboard(
     sort: SORT = None,
     wide: WIDE = False,
     intervals: INTERVALS = False,
+    include_unconverged: Annotated[bool, typer.Option("--include-unconverged", help="score models that missed the training target too")] = False,
 ) -> None:
     """Re-render the leaderboard of the last run in a store, from stored records alone."""
     from genbench import runner
@@ -325,7 +329,8 @@ def leaderboard(
         from genbench.check import check_output
 
         check_output(markdown, "--markdown")
-        result = runner.leaderboard(store, suite=suite, preset=preset)
+        result = runner.leaderboard(store, suite=suite, preset=preset,
+                                    include_unconverged=True if include_unconverged else None)
     emit_json(result, json_path)
     if json_path != "-":
         show_leaderboard(run_board(result), run_title(result), sort, wide, intervals, markdown)
@@ -445,6 +450,7 @@ def score(
     condition_on: Annotated[Optional[str], typer.Option(metavar="COLS", help="comma-separated hyperparameter columns omega ranges over (default: an export's hp: columns)")] = None,
     against: Annotated[Optional[str], typer.Option(metavar="COLS", help="comma-separated hyperparameter columns to report MI with (default: an export's against: columns)")] = None,
     measures: Annotated[Optional[str], typer.Option(metavar="COLS", help="comma-separated measure columns (default: every other numeric column)")] = None,
+    against_within: Annotated[Optional[str], typer.Option(metavar="COLS", help="comma-separated columns held fixed for the MI with --against (default: the preset's)")] = None,
     preset: Annotated[Optional[str], typer.Option(metavar="NAME", help="scoring preset: paper, jiang, pgdl (default: a run JSON's, else paper)")] = None,
     max_omega: Annotated[Optional[int], typer.Option(metavar="K", help="largest |omega| to condition on (default: 2)")] = None,
     bootstrap: Annotated[Optional[int], typer.Option(metavar="N", help="bootstrap resamples for intervals (default: 0, none)")] = None,
@@ -466,7 +472,8 @@ def score(
             board = score_table(t, gap=gap, acc_gap=acc_gap, condition_on=_cols(condition_on),
                                 against=_cols(against), measures=_cols(measures), preset=preset,
                                 max_omega=max_omega, bootstrap=bootstrap, seed=seed,
-                                include_unconverged=include_unconverged)
+                                include_unconverged=include_unconverged,
+                                against_within=_cols(against_within))
     except (TableError, ValueError, KeyError, OSError) as exc:
         fail(str(exc).strip("'\"").splitlines()[0] if str(exc) else type(exc).__name__)
     emit_json(board, json_path)

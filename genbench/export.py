@@ -201,7 +201,8 @@ def score_table(t: Table, gap: str = "gap", acc_gap: str | None = None,
                 condition_on: list[str] | None = None, against: list[str] | None = None,
                 measures: list[str] | None = None, preset: str | None = None,
                 max_omega: int | None = None, bootstrap: int | None = None,
-                seed: int | None = None, include_unconverged: bool = False) -> dict[str, Any]:
+                seed: int | None = None, include_unconverged: bool = False,
+                against_within: list[str] | None = None) -> dict[str, Any]:
     """Score a table: explicit options first, then what the file says (roles from an
     export's header, a run JSON's scoring options), then the defaults. Models whose
     ``converged`` is false are left out unless ``include_unconverged`` (as a run does)."""
@@ -216,7 +217,9 @@ def score_table(t: Table, gap: str = "gap", acc_gap: str | None = None,
     ag = t.against if against is None else [t.column(c) for c in against]
     include_unconverged = include_unconverged or bool(o.get("include_unconverged"))
     rows = t.rows if include_unconverged else [r for r in t.rows if not _unconverged(r)]
-    pop = load_population(Path(), gap=gap, acc_gap=acc_gap, condition_on=cond, against=ag,
+    within = None if against_within is None else [t.column(c) for c in against_within]
+    loaded = cond + [c for c in within or [] if c not in cond]
+    pop = load_population(Path(), gap=gap, acc_gap=acc_gap, condition_on=loaded, against=ag,
                           measures=t.measures if measures is None else measures, rows=rows)
     if PRESETS[preset].gap not in pop.gaps:
         raise TableError(f"--acc-gap: preset '{preset}' scores the accuracy gap; name its column")
@@ -225,7 +228,8 @@ def score_table(t: Table, gap: str = "gap", acc_gap: str | None = None,
         condition_on=[t.name(c) for c in cond], against=[t.name(c) for c in ag], preset=preset,
         max_omega=o.get("max_omega", 2) if max_omega is None else max_omega,
         bootstrap=o.get("bootstrap", 0) if bootstrap is None else bootstrap,
-        seed=o.get("seed", 0) if seed is None else seed)
+        seed=o.get("seed", 0) if seed is None else seed,
+        **({} if within is None else {"against_within": [t.name(c) for c in within]}))
     if len(rows) < len(t.rows):
         board["left_out"] = {"unconverged": len(t.rows) - len(rows)}
     return board

@@ -16,7 +16,7 @@ from genbench.keys import measure_key, still_valid
 from genbench.plugins import Registry, get_registry
 from genbench.population import ModelSpec, expand
 from genbench.store import Store, StoreDamage, atomic_write_text
-from genbench.suite import Suite, load_suite, short_names
+from genbench.suite import Suite, TrainRecipe, load_suite, short_names
 from genbench.tasks import DataCache, MeasureTask, Trainer, TrainTask, Worker, groups, setup_for, write
 
 # progress(stage, total) -> advance(description); the CLI draws bars, the library logs.
@@ -180,6 +180,8 @@ def collect(store: Store, suite: Suite, specs_keys: list[str], registry: Registr
     under other params is never shown), and ``parts`` of the measures that have them."""
     measures = [(name, version, params) for name, _, version, params in suite_measures(suite, registry)]
     stored = {r["key"]: r for r in store.results(kind="measure", model_keys=specs_keys)}
+    from genbench.training import converged
+
     rows = []
     for m in store.models(specs_keys):
         if m["status"] != "done":
@@ -190,6 +192,7 @@ def collect(store: Store, suite: Suite, specs_keys: list[str], registry: Registr
                "train_loss": met["train_loss"], "test_loss": met["test_loss"],
                "train_acc": met["train_acc"], "test_acc": met["test_acc"],
                "gap": met["gap"], "acc_gap": met["acc_gap"], "epochs": met["epochs"],
+               "converged": converged(met, TrainRecipe(**m["config"]["train"])),
                "measures": {n: r["value"] if r else None for n, r in values.items()}}
         parts = {n: r["data"]["parts"] for n, r in values.items()
                  if r and isinstance(r["data"], dict) and "parts" in r["data"]}
@@ -200,11 +203,21 @@ def collect(store: Store, suite: Suite, specs_keys: list[str], registry: Registr
 
 
 def score_rows(rows: list[dict[str, Any]], suite: Suite, preset: str | None = None,
-               bootstrap: int | None = None) -> dict[str, Any]:
-    """Score every measure of the suite on the collected rows (see :mod:`genbench.scoring`)."""
+               bootstrap: int | None = None, include_unconverged: bool | None = None,
+               ) -> dict[str, Any] | None:
+    """Score every measure of the suite on the collected rows (see :mod:`genbench.scoring`),
+    leaving out unconverged models unless asked; None below 3 scored models."""
     import numpy as np
 
     from genbench.scoring import score_population
+
+    if include_unconverged is None:
+        include_unconverged = suite.scoring.include_unconverged
+    left_out = 0 if include_unconverged else sum(not r.get("converged", True) for r in rows)
+    if not include_unconverged:
+        rows = [r for r in rows if r.get("converged", True)]
+    if len(rows) < 3:
+        return None
 
     measures = {n: np.array([r["measures"][n] if r["measures"][n] is not None else np.nan
                              for r in rows], dtype=float) for n in suite.measures}
@@ -212,11 +225,13 @@ def score_rows(rows: list[dict[str, Any]], suite: Suite, preset: str | None = No
                for h in suite.hyperparameters()}
     gaps = {"loss": np.array([r["gap"] for r in rows], dtype=float),
             "acc": np.array([r["acc_gap"] for r in rows], dtype=float)}
-    return score_population(measures, gaps, hparams, condition_on=suite.condition_on(),
-                            against=suite.against(), preset=preset or suite.scoring.preset,
-                            max_omega=suite.scoring.max_omega,
-                            bootstrap=suite.scoring.bootstrap if bootstrap is None else bootstrap,
-                            seed=suite.scoring.seed)
+    board = score_population(measures, gaps, hparams, condition_on=suite.condition_on(),
+                             against=suite.against(), preset=preset or suite.scoring.preset,
+                             max_omega=suite.scoring.max_omega,
+                             bootstrap=suite.scoring.bootstrap if bootstrap is None else bootstrap,
+                             seed=suite.scoring.seed)
+    board["left_out"] = {"unconverged": left_out}
+    return board
 
 
 def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE,
@@ -244,12 +259,12 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
                                       executor, batching, executor_params)
         seconds["measure"], t = time.perf_counter() - t, time.perf_counter()
         rows = collect(st, suite, keys, registry)
-        board = score_rows(rows, suite) if len(rows) >= 3 else None
+        board = score_rows(rows, suite)
         seconds["score"] = time.perf_counter() - t
         failed = sum(1 for m in st.models(keys) if m["status"] == "failed")
         summary = {"models": len(specs), "trained": trained["trained"],
                    "reused": len(rows) - trained["trained"],
-                   "failed": failed, "measures_computed": measured["computed"],
+                   "failed": failed, "unconverged": sum(not r["converged"] for r in rows), "measures_computed": measured["computed"],
                    "measures_reused": measured["reused"],
                    "measures_failed": sum(v is None for r in rows for v in r["measures"].values()),
                    "workers": {"train": trained["workers"], "measure": measured["workers"]},
@@ -281,7 +296,8 @@ def write_json(obj: Any, path: str | Path) -> None:
 
 
 def leaderboard(store: str | Path = DEFAULT_STORE, suite: str | None = None,
-                preset: str | None = None, registry: Registry | None = None) -> dict[str, Any]:
+                preset: str | None = None, registry: Registry | None = None,
+                include_unconverged: bool | None = None) -> dict[str, Any]:
     """Re-score the last run in a store (of ``suite``, if given) from stored records alone."""
     from genbench.check import partial_summary
     registry = registry or get_registry()
@@ -293,7 +309,7 @@ def leaderboard(store: str | Path = DEFAULT_STORE, suite: str | None = None,
             raise LookupError(f"--store {store}: no run{' of ' + suite if suite else ''} recorded")
         s = Suite(**last["suite_json"])
         rows = collect(st, s, last["model_keys"], registry)
-        board = score_rows(rows, s, preset=preset) if len(rows) >= 3 else None
+        board = score_rows(rows, s, preset=preset, include_unconverged=include_unconverged)
         return build_result(s, str(st.root), last["summary"] or partial_summary(st, last, s, registry),
                             rows, board)
 

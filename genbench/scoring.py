@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ScoreOptions", "PRESETS", "resolve_options", "score_population", "pair_counts",
+__all__ = ["ScoreOptions", "PRESETS", "resolve_options", "against_groups", "BUT_BATCH_LR", "score_population", "pair_counts",
            "PairCounts", "score_paths"]
 
 _GAPS = ("loss", "acc")
@@ -51,6 +51,12 @@ _TIE_RULES = ("category", "drop", "lump")
 _CELL_REDUCE = ("mean", "pool", "pool_unweighted")
 _REDUCE = ("mean", "min")
 _PAIR_WEIGHT = ("none", "hoeffding")
+_EMPTY = ("skip", "zero")
+_CELLS = ("shared", "value_pairs")
+_INTERVALS = ("subsample", "bootstrap")
+#: ``against_within`` value: hold fixed every conditioned hp except batch size and lr
+BUT_BATCH_LR = "all_but_batch_size_lr"
+_BATCH_LR = ("batch_size", "train.batch_size", "lr", "train.lr")
 
 
 @dataclass(frozen=True)
@@ -68,19 +74,38 @@ class ScoreOptions:
                                     # "pool_unweighted" (mean I / mean H, the PGDL scoring program's)
     reduce: str = "mean"            # the subset reduction the preset's published table used; both
                                     # "mi" (mean) and "mi_min" (minimum) are always reported
-    ci_level: float = 0.95          # bootstrap percentile interval level
+    ci_level: float = 0.95          # interval level
     pair_weight: str = "none"       # sign-error pair weights: "none" | "hoeffding" (Dziugaite et al.)
     n_test: int = 10000             # test-set size behind the Hoeffding weight
     weight_shift: float = 0.5       # Dziugaite's weight is (hoeffding - weight_shift)_+
     min_ess: float = 0.0            # drop sign-error environments with effective sample size below this
+    empty_cell: str = "skip"        # a cell with no counted pair: "skip" it, or count it as MI "zero" (the paper's)
+    against_within: tuple[str, ...] | str = ()  # MI with an 'against' hp within groups of models sharing
+                                    # these hps, reduced over groups like cells; BUT_BATCH_LR = every
+                                    # condition_on hp except batch size and lr (the authors' rule)
+    interval: str = "subsample"     # "subsample": half-samples without replacement, rescaled
+                                    # (docs/scoring.md); "bootstrap": percentile bootstrap
+    cells: str = "shared"           # a cell's pairs: "shared" (both models share omega's values) or
+                                    # "value_pairs" (all ordered pairs, self-pairs too, one cell per pair
+                                    # of values: the PGDL scoring program's tables)
 
     def __post_init__(self) -> None:
         checks = [("gap", self.gap, _GAPS), ("tie_rule", self.tie_rule, _TIE_RULES),
                   ("cell_reduce", self.cell_reduce, _CELL_REDUCE), ("reduce", self.reduce, _REDUCE),
-                  ("pair_weight", self.pair_weight, _PAIR_WEIGHT)]
+                  ("pair_weight", self.pair_weight, _PAIR_WEIGHT), ("empty_cell", self.empty_cell, _EMPTY),
+                  ("cells", self.cells, _CELLS), ("interval", self.interval, _INTERVALS)]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"ScoreOptions.{name}={value!r}: choose one of {list(allowed)}")
+        if isinstance(self.against_within, str):
+            if self.against_within != BUT_BATCH_LR:
+                raise ValueError(f"ScoreOptions.against_within={self.against_within!r}: give a list of "
+                                 f"hyperparameters or {BUT_BATCH_LR!r}")
+        else:
+            object.__setattr__(self, "against_within", tuple(self.against_within))
+        if self.cells == "value_pairs" and (self.tie_rule != "lump" or self.gap_tol != 0):
+            raise ValueError("ScoreOptions.cells='value_pairs' (the PGDL program's tables) needs "
+                             "tie_rule='lump' and gap_tol=0")
         if not (self.log_base > 0 and self.log_base != 1):
             raise ValueError(f"ScoreOptions.log_base={self.log_base!r} must be > 0 and != 1")
         if not self.gap_tol >= 0:
@@ -95,18 +120,23 @@ class ScoreOptions:
 PRESETS: dict[str, ScoreOptions] = {
     # Jin et al. 2022, Tables 2/12/14: unnormalized MI in bits; pairs tied in the measure or
     # with |delta GG| <= 1e-4 dropped; mean over cells, then mean over subsets; loss gap.
+    # A cell with no counted pair counts as MI 0; the Dropout column is the mean over groups
+    # of models sharing every conditioned hp except batch size and lr.
     "paper": ScoreOptions(gap="loss", normalize=False, log_base=2.0, tie_rule="drop",
-                          gap_tol=1e-4, cell_reduce="mean", reduce="mean"),
+                          gap_tol=1e-4, cell_reduce="mean", reduce="mean", empty_cell="zero",
+                          against_within=BUT_BATCH_LR),
     # Jiang et al. 2019 (Fantastic generalization measures): normalized conditional MI
     # I(V;V_g|U_S)/H(V_g|U_S) pooled over cells with weight p(cell), minimum over subsets;
     # the gap is the 0-1 error gap.
     "jiang": ScoreOptions(gap="acc", normalize=True, log_base=2.0, tie_rule="category",
                           gap_tol=0.0, cell_reduce="pool", reduce="min"),
-    # NeurIPS 2020 PGDL competition: normalized conditional MI at |S| = 2, minimum over
-    # subsets, accuracy gap, binary "greater / not greater" signs, mean I over cells
-    # divided by mean H over cells.
+    # NeurIPS 2020 PGDL competition, as its scoring program computes it: normalized
+    # conditional MI at |S| = 2, minimum over subsets, accuracy gap, binary "greater / not
+    # greater" signs, every ordered pair (self-pairs too) in the cell of its pair of values,
+    # mean I over cells divided by mean H over cells.
     "pgdl": ScoreOptions(gap="acc", normalize=True, log_base=2.0, tie_rule="lump",
-                         gap_tol=0.0, cell_reduce="pool_unweighted", reduce="min"),
+                         gap_tol=0.0, cell_reduce="pool_unweighted", reduce="min",
+                         cells="value_pairs"),
 }
 
 
@@ -119,6 +149,13 @@ def resolve_options(preset: str = "paper", **overrides: Any) -> ScoreOptions:
     if bad:
         raise TypeError(f"unknown scoring option(s) {bad}; valid options: {sorted(valid)}")
     return replace(PRESETS[preset], **overrides)
+
+
+def against_groups(opts: ScoreOptions, condition_on: list[str]) -> list[str]:
+    """The hyperparameters held fixed for the MI with an 'against' hp (``against_within``)."""
+    if opts.against_within == BUT_BATCH_LR:
+        return [h for h in condition_on if h not in _BATCH_LR]
+    return list(opts.against_within)
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,29 +391,116 @@ def _tau(c: PairCounts, tie_rule: str) -> np.ndarray:
         return np.where(den > 0, (c.C - c.D) / den, np.nan)
 
 
-def _reduce_cells(I: np.ndarray, H: np.ndarray, W: np.ndarray, cells: np.ndarray, n_sub: int,
-                  opts: ScoreOptions) -> np.ndarray:
-    """One value per subset from its cells (cells[g] = subset index of group g)."""
+def _count_below(blk: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per element i: the elements j of its block with a_j < a_i and b_j < b_i (integer ranks).
+
+    Sorted by (block, a, b descending), an earlier element of the same block counts iff its b
+    is smaller (equal a's are sorted so they never do): one :func:`_count_earlier_greater`."""
+    if blk.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    R = int(b.max()) + 1
+    o = np.lexsort((-b, a, blk))
+    key = blk[o] * R + (R - 1 - b[o])
+    out = np.empty(blk.size, dtype=np.int64)
+    out[o] = _count_earlier_greater(key, key)
+    return out
+
+
+def _value_pair_tables(cell: np.ndarray, G: int, rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """The PGDL scoring program's tables: one per ordered pair of cells (a, b), at a*G + b,
+    over the ordered model pairs (i in a, j in b), self-pairs included when a == b, with
+    V = [x_i > x_j] (a tie is "not greater"). Shape (G*G, 2, 2), axes (measure, gap).
+
+    The count for (i in a, j in b) is a count over the union a u b minus the count over a:
+    one block per unordered pair of cells, so (G - 1) n elements, no loop over pairs."""
+    order = np.argsort(cell, kind="stable")
+    size = np.bincount(cell, minlength=G)
+    start = np.cumsum(size) - size
+    ca, cb = np.triu_indices(G, 1)
+    ia, ea = _expand(start[ca], size[ca])
+    ib, eb = _expand(start[cb], size[cb])
+    el = order[np.concatenate([ia, ib])]
+    blk = np.concatenate([ea, eb])
+    na = ia.size
+
+    def ordered_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(G, G): ordered pairs (i in row cell, j in column cell) with a_j < a_i, b_j < b_i."""
+        single = _count_below(cell, a, b)
+        cross = (_count_below(blk, a[el], b[el]) - single[el]).astype(np.float64)
+        out = np.zeros((G, G))
+        out[np.arange(G), np.arange(G)] = np.bincount(cell, weights=single, minlength=G)
+        out[ca, cb] = np.bincount(ea, weights=cross[:na], minlength=ca.size)
+        out[cb, ca] = np.bincount(eb, weights=cross[na:], minlength=ca.size)
+        return out.reshape(-1)
+
+    both = ordered_counts(ry, rx)
+    gap_gt = ordered_counts(ry, ry)
+    meas_gt = ordered_counts(rx, rx)
+    total = np.outer(size, size).reshape(-1).astype(np.float64)
+    J = np.empty((G * G, 2, 2))
+    J[:, 1, 1] = both
+    J[:, 1, 0] = meas_gt - both
+    J[:, 0, 1] = gap_gt - both
+    J[:, 0, 0] = total - meas_gt - gap_gt + both
+    return J
+
+
+def _value_pair_mi(cell: np.ndarray, grid: int, rx: np.ndarray, ry: np.ndarray,
+                   opts: ScoreOptions) -> float:
+    """The PGDL program's MI of one subset: NaN unless every one of its grid**2 tables holds a
+    pair (it divides 0 by 0 in an empty one); 0 where the gap never varies (its 1e-12 inside
+    the log makes H about -1e-12 there and returns -0.0)."""
+    uniq, cell = np.unique(cell, return_inverse=True)
+    if grid == 0 or uniq.size != grid:
+        return np.nan
+    I, H, W = _mi_from_tables(_value_pair_tables(cell.reshape(-1), grid, rx, ry), opts.log_base)
+    v = _reduce_cells(I, H, W, W, np.zeros(W.size, dtype=np.int64), 1, opts)[0]
+    return 0.0 if np.isnan(v) else float(v)
+
+
+def _program_min(vals: dict[tuple[str, ...], float], cond: list[str], k: int) -> float:
+    """The PGDL program's minimum over subsets: it visits every ordered k-tuple of distinct
+    hps and folds ``m = min(v, m)``, so a NaN subset resets the running minimum (Python's
+    min(nan, m) is nan and min(v, nan) is v)."""
+    out = math.inf
+    for perm in itertools.permutations(cond, k):
+        v = vals[tuple(sorted(perm, key=cond.index))]
+        out = out if out < v else v
+    return out if math.isfinite(out) else np.nan
+
+
+def _reduce_cells(I: np.ndarray, H: np.ndarray, W: np.ndarray, P: np.ndarray, cells: np.ndarray,
+                  n_sub: int, opts: ScoreOptions) -> np.ndarray:
+    """One value per subset from its cells (cells[g] = subset index of group g; P[g] its
+    pairs before the tie rule).
+
+    A cell whose pairs were all dropped (or, normalizing the mean, with H = 0) is skipped, or
+    counts as MI 0 under ``empty_cell="zero"``; a cell with no pair at all (one model) is
+    skipped, and a subset with no counted pair at all is undefined, either way."""
     ok = W > 0
+    any_ok = np.bincount(cells, weights=ok.astype(float), minlength=n_sub) > 0
+    zero = opts.empty_cell == "zero"
     with np.errstate(divide="ignore", invalid="ignore"):
         if opts.cell_reduce == "mean":
             if opts.normalize:
-                ok &= H > 0
+                ok = ok & (H > 0)
                 v = np.where(ok, I / np.where(ok, H, 1.0), 0.0)
             else:
                 v = np.where(ok, I, 0.0)
+            counted = P > 0 if zero else ok
             num = np.bincount(cells, weights=v, minlength=n_sub)
-            den = np.bincount(cells, weights=ok.astype(float), minlength=n_sub)
-            return np.where(den > 0, num / den, np.nan)
-        w = np.where(ok, W, 0.0) if opts.cell_reduce == "pool" else ok.astype(float)
+            den = np.bincount(cells, weights=counted.astype(float), minlength=n_sub)
+            return np.where(any_ok & (den > 0), num / den, np.nan)
+        counted = P > 0 if zero else ok
+        w = np.where(ok, W, 0.0) if opts.cell_reduce == "pool" else counted.astype(float)
         Iz = np.where(ok, I, 0.0)
         Hz = np.where(ok, H, 0.0)
         num = np.bincount(cells, weights=w * Iz, minlength=n_sub)
         hden = np.bincount(cells, weights=w * Hz, minlength=n_sub)
         wsum = np.bincount(cells, weights=w, minlength=n_sub)
         if opts.normalize:
-            return np.where(hden > 0, num / hden, np.nan)
-        return np.where(wsum > 0, num / wsum, np.nan)
+            return np.where(any_ok & (hden > 0), num / hden, np.nan)
+        return np.where(any_ok & (wsum > 0), num / wsum, np.nan)
 
 
 def _hoeffding_weight(dgap: np.ndarray, n_test: int, shift: float) -> np.ndarray:
@@ -471,11 +595,33 @@ class _Structure:
     env_b: np.ndarray
     against: list[str]
     against_vals: list[np.ndarray]
+    against_cells: tuple[np.ndarray, int]     # groups the MI with an 'against' hp is taken within
+    grid: list[int]                           # per subset: cells of a full grid (0: the PGDL
+                                              # program's string keys collide)
+    condition_on: list[str]
+
+
+def _pgdl_grid(hparams: dict[str, Any], omega: tuple[str, ...]) -> int:
+    """Number of cells of omega in a full grid, or 0 when the PGDL program's cell names
+    (str(v_i) + str(v_j) per hp, concatenated) collide, which leaves some of its cells empty."""
+    names = [""]
+    for h in omega:
+        vals = list(dict.fromkeys(np.asarray(hparams[h], dtype=object).tolist()))
+        pair = [str(v) + str(w) for v in vals for w in vals]
+        names = [a + b for a in names for b in pair]
+    return math.isqrt(len(names)) if len(set(names)) == len(names) else 0
 
 
 def _structure(n: int, hparams: dict[str, Any], condition_on: list[str], against: list[str],
-               max_omega: int) -> _Structure:
+               max_omega: int, against_within: list[str] = (), cells: str = "shared") -> _Structure:
     names = list(dict.fromkeys(list(condition_on) + list(against)))
+    bad = [h for h in against_within if h not in hparams]
+    if bad:
+        raise KeyError(f"against_within: hyperparameter(s) {bad} not in hparams (have {sorted(hparams)})")
+    bad = [h for h in against_within if h in against]
+    if bad:
+        raise ValueError(f"against_within: {bad} are 'against' hyperparameters; an MI with a "
+                         "hyperparameter cannot hold it fixed")
     missing = [h for h in names if h not in hparams]
     if missing:
         raise KeyError(f"hyperparameter(s) {missing} not in hparams (have {sorted(hparams)})")
@@ -511,8 +657,13 @@ def _structure(n: int, hparams: dict[str, Any], condition_on: list[str], against
             eb.append(o[partner])
     env_a = np.concatenate(ea) if ea else np.zeros(0, dtype=np.int64)
     env_b = np.concatenate(eb) if eb else np.zeros(0, dtype=np.int64)
+    within = [_encode(hparams[h], n, h)[0] for h in against_within]
+    against_cells = _cell_ids(np.stack(within, axis=1) if within else np.zeros((n, 0), np.int64),
+                              list(range(len(within))))
+    grid = [_pgdl_grid(hparams, s) for s in subsets] if cells == "value_pairs" else []
     return _Structure(n, subsets, subset_cells, names, gran_cells, gran_codes, setting, n_settings,
-                      env_a, env_b, list(against), [enc[h][1] for h in against])
+                      env_a, env_b, list(against), [enc[h][1] for h in against], against_cells, grid,
+                      list(dict.fromkeys(condition_on)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -598,14 +749,20 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
         ry, rq = _tol_ranks(y, opts.gap_tol) if y.size else (rx, rx)
         p: dict[str, Any] = {"n": int(pos.size)}
         # conditional MI: one block per subset (cells as groups); subset 0 gives tau too
-        p["subsets"] = [blocks.add(cells[m], nc, rx, ry, rq, m) for cells, nc in st.subset_cells]
+        pgdl = opts.cells == "value_pairs"          # then only subset 0 (for tau) needs counts
+        p["subsets"] = [blocks.add(cells[m], nc, rx, ry, rq, m) if not (pgdl and si) else None
+                        for si, (cells, nc) in enumerate(st.subset_cells)]
+        if pgdl:
+            p["value_pairs"] = [_value_pair_mi(cells[m], grid, rx, ry, opts)
+                                for (cells, _), grid in zip(st.subset_cells, st.grid)]
         # MI with each 'against' hyperparameter: one group, exact ties
         p["against"] = []
+        wc, nwc = st.against_cells
         for hv in st.against_vals:
             hvm = hv[m]
             okh = np.isfinite(hvm)
             rh = _ranks(hvm[okh]) if okh.any() else np.zeros(0, dtype=np.int64)
-            p["against"].append(blocks.add(np.zeros(rh.size, dtype=np.int64), 1, rx[okh], rh, rh, m[okh]))
+            p["against"].append(blocks.add(wc[m][okh], nwc, rx[okh], rh, rh, m[okh]))
         # granulated tau: per hp, cells with every other hp fixed
         p["gran"] = []
         for (cells, nc), gc in zip(st.gran_cells, st.gran_codes):
@@ -637,20 +794,23 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
         # --- MI with the gap, per subset, then mean / min over subsets of each size
         vals = np.full(len(st.subsets), np.nan)
         for si, b in enumerate(p["subsets"]):
+            if opts.cells == "value_pairs":
+                vals[si] = p["value_pairs"][si]
+                continue
             I, H, W = _mi_from_tables(_joint_tables(counts[b], opts.tie_rule), opts.log_base)
-            vals[si] = _reduce_cells(I, H, W, np.zeros(I.size, dtype=np.int64), 1, opts)[0]
+            vals[si] = _reduce_cells(I, H, W, counts[b].P, np.zeros(I.size, dtype=np.int64), 1, opts)[0]
         for k in range(max_k + 1):
             v = vals[sub_size == k]
             v = v[np.isfinite(v)]
             r[f"mi.{k}"] = float(v.mean()) if v.size else np.nan
             r[f"mi_min.{k}"] = float(v.min()) if v.size else np.nan
+            if opts.cells == "value_pairs":
+                r[f"mi_min.{k}"] = _program_min(dict(zip(st.subsets, vals)), st.condition_on, k)
         # --- MI with each hyperparameter of interest
         for h, b in zip(st.against, p["against"]):
             I, H, W = _mi_from_tables(_joint_tables(counts[b], opts.tie_rule), opts.log_base)
-            if W[0] > 0 and (not opts.normalize or H[0] > 0):
-                r[f"mi_hparam.{h}"] = float(I[0] / H[0]) if opts.normalize else float(I[0])
-            else:
-                r[f"mi_hparam.{h}"] = np.nan
+            r[f"mi_hparam.{h}"] = float(_reduce_cells(I, H, W, counts[b].P, np.zeros(I.size, np.int64),
+                                                      1, opts)[0])
         # --- Kendall's tau over all pairs (subset 0 is the single all-model cell)
         r["kendall_tau"] = float(_tau(counts[p["subsets"][0]], opts.tie_rule)[0])
         # --- granulated Kendall: mean over hps of (mean over cells of the cell tau)
@@ -671,6 +831,10 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
             losses = _env_losses_weighted(m, x, y, st, opts)
         r["sign_error"] = float(losses.mean()) if losses.size else np.nan
         r["robust_sign_error"] = float(losses.max()) if losses.size else np.nan
+        size = np.bincount(st.setting[p["xy"][0]], minlength=st.n_settings)
+        r["single_pair_envs"] = bool(st.env_a.size) and int((size[st.env_a] * size[st.env_b]).max()) <= 1
+        if r["single_pair_envs"]:       # every loss is 0 or 1: the maximum says nothing
+            r["robust_sign_error"] = np.nan
         r["n_models"] = p["n"]
         out[name] = r
     return out
@@ -734,8 +898,70 @@ def _env_losses_weighted(m: np.ndarray, x: np.ndarray, y: np.ndarray, st: _Struc
     return sl[keep] / sw[keep]
 
 
+ROBUST_UNDEFINED = ("undefined: every environment holds a single pair of models (one model per "
+                    "setting), so each environment's loss is 0 or 1 and the maximum is 1 for any "
+                    "measure; train two seeds or more")
+
+
+def _direction(tau: float) -> int:
+    """Sign of Kendall's tau with the gap: 1 (measure grows with the gap), -1 (ranks it
+    backwards), 0 (tied or undefined). MI cannot tell 1 from -1."""
+    return int(np.sign(tau)) if np.isfinite(tau) else 0
+
+
 def _jsonable(v: float) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
+
+
+def _score_range(path: str, opts: ScoreOptions) -> tuple[float, float]:
+    """The values a score can take (an interval is clipped to them)."""
+    if path in ("kendall_tau", "granulated_kendall"):
+        return -1.0, 1.0
+    if path in ("sign_error", "robust_sign_error"):
+        return 0.0, 1.0
+    return 0.0, 1.0 if opts.normalize else math.inf
+
+
+def _intervals(point: dict, meas: dict[str, np.ndarray], gap: np.ndarray, st: _Structure,
+               opts: ScoreOptions, max_k: int, paths: list[str], draws: int,
+               seed: int) -> dict[str, dict[str, list[float | None]]]:
+    """Intervals for every score from ``draws`` resamples of the models, seeded, the same
+    resamples for every measure (so intervals are paired).
+
+    ``subsample``: half of the models without replacement (no duplicate models, which bias
+    MI), and the basic interval theta - sqrt(m/(n-m)) * quantiles(theta_m - theta). For a
+    smooth statistic of n models, theta_m - theta at m = n/2 has the spread of theta - truth
+    (the delete-d jackknife, d = n - m); its mean is the first-order small-sample bias, which
+    the basic interval subtracts. ``bootstrap``: percentile interval over resamples with
+    replacement (pairs of two copies of one model are skipped)."""
+    n = gap.size
+    rng = np.random.default_rng(seed)
+    half = opts.interval == "subsample"
+    m = n // 2
+    if half and m < 2:
+        return {name: {pth: [None, None] for pth in paths} for name in meas}
+    reps = {name: np.full((draws, len(paths)), np.nan) for name in meas}
+    for b in range(draws):
+        idx = np.sort(rng.choice(n, size=m, replace=False)) if half else rng.integers(0, n, size=n)
+        res = _score_once(idx, meas, gap, st, opts, max_k)
+        for name in meas:
+            reps[name][b] = [res[name][pth] for pth in paths]
+    alpha = (1.0 - opts.ci_level) / 2.0
+    scale = math.sqrt(m / (n - m)) if half else 1.0
+    ci: dict[str, dict[str, list[float | None]]] = {name: {} for name in meas}
+    for name in meas:
+        for j, pth in enumerate(paths):
+            col = reps[name][:, j]
+            col = col[np.isfinite(col)]
+            theta = point[name][pth]
+            if not col.size or (half and not np.isfinite(theta)):
+                ci[name][pth] = [None, None]
+                continue
+            q_lo, q_hi = np.quantile(col, [alpha, 1.0 - alpha])
+            lo, hi = (theta - scale * (q_hi - theta), theta - scale * (q_lo - theta)) if half else (q_lo, q_hi)
+            a, b_ = _score_range(pth, opts)
+            ci[name][pth] = [float(min(max(lo, a), b_)), float(min(max(hi, a), b_))]
+    return ci
 
 
 def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray],
@@ -749,7 +975,8 @@ def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray
     (the preset's ``gap`` option picks one). hparams: name -> value per model.
     condition_on: hyperparameters omega ranges over; against: hyperparameters to report
     MI with (never conditioned on by this function). bootstrap: number of resamples of
-    the models (with replacement, seeded) for percentile intervals of every score.
+    the models (seeded; half-samples without replacement unless ``interval="bootstrap"``)
+    for intervals of every score (:func:`_intervals`).
     """
     opts = resolve_options(preset, **overrides)
     if max_omega < 0:
@@ -767,29 +994,15 @@ def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray
             raise ValueError(f"measure {name!r} has {a.size} values for {n} models")
         meas[name] = a
     condition_on, against = list(dict.fromkeys(condition_on)), list(dict.fromkeys(against))
-    st = _structure(n, hparams, condition_on, against, max_omega)
+    within = against_groups(opts, condition_on)
+    st = _structure(n, hparams, condition_on, against, max_omega, within, opts.cells)
     max_k = min(max_omega, len(dict.fromkeys(condition_on)))
 
     point = _score_once(np.arange(n), meas, gap, st, opts, max_k)
     paths = score_paths(max_k, against)
     ci: dict[str, dict[str, list[float | None]]] = {name: {} for name in meas}
     if bootstrap > 0 and n > 0:
-        rng = np.random.default_rng(seed)
-        reps = {name: np.full((bootstrap, len(paths)), np.nan) for name in meas}
-        for b in range(bootstrap):
-            res = _score_once(rng.integers(0, n, size=n), meas, gap, st, opts, max_k)
-            for name in meas:
-                reps[name][b] = [res[name][pth] for pth in paths]
-        alpha = (1.0 - opts.ci_level) / 2.0
-        for name in meas:
-            for j, pth in enumerate(paths):
-                col = reps[name][:, j]
-                col = col[np.isfinite(col)]
-                if col.size:
-                    lo_, hi_ = np.quantile(col, [alpha, 1.0 - alpha])
-                    ci[name][pth] = [float(lo_), float(hi_)]
-                else:
-                    ci[name][pth] = [None, None]
+        ci = _intervals(point, meas, gap, st, opts, max_k, paths, bootstrap, seed)
 
     board: dict[str, Any] = {}
     for name in meas:
@@ -803,10 +1016,16 @@ def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray
             "granulated_kendall": _jsonable(r["granulated_kendall"]),
             "sign_error": _jsonable(r["sign_error"]),
             "robust_sign_error": _jsonable(r["robust_sign_error"]),
+            "direction": _direction(r["kendall_tau"]),
             "n_models": int(r["n_models"]),
             "ci": ci[name],
         }
+    notes = {}
+    if any(point[name]["single_pair_envs"] for name in meas):
+        notes["robust_sign_error"] = (ROBUST_UNDEFINED)
     resolved = asdict(opts)
     resolved.update({"preset": preset, "condition_on": condition_on, "against": against,
+                     "against_within": within,
                      "max_omega": max_omega, "bootstrap": bootstrap, "seed": seed})
-    return {"preset": preset, "n_models": int(n), "options": resolved, "leaderboard": board}
+    return {"preset": preset, "n_models": int(n), "options": resolved, "notes": notes,
+            "leaderboard": board}

@@ -73,6 +73,8 @@ class Scoring(Strict):
     max_omega: int = Field(2, ge=0, le=3)
     bootstrap: int = Field(0, ge=0)
     seed: int = 0
+    include_unconverged: bool = Field(
+        False, description="score models that missed the training target too (default: left out)")
 
 
 class Limits(Strict):

@@ -95,6 +95,16 @@ def stop_reached(recipe: TrainRecipe, loss: float, acc: float) -> bool:
             or (recipe.stop_train_acc is not None and acc >= recipe.stop_train_acc))
 
 
+def converged(metrics: dict[str, Any], recipe: TrainRecipe) -> bool:
+    """Whether a trained model reached its recipe's training target: final eval-mode train
+    cross-entropy <= stop_train_loss, or train accuracy >= stop_train_acc; true when the
+    recipe sets neither. Models are compared at a common training state (Jiang et al. 2019),
+    so scores leave the others out by default."""
+    if recipe.stop_train_loss is None and recipe.stop_train_acc is None:
+        return True
+    return stop_reached(recipe, metrics["train_loss"], metrics["train_acc"])
+
+
 @dataclass
 class TrainResult:
     init_state: dict[str, torch.Tensor]
