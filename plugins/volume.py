@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 import genbench
-from genbench import taps, volume
+from genbench import sampling, taps, volume
 from genbench.components import Params, VolumeEstimator
 
 
@@ -111,7 +111,7 @@ class Sampling(VolumeEstimator):
         p = self.params
         t0 = time.perf_counter()
         x, y = _training_set(data, p.max_samples, device)
-        chain = volume.sample_posterior(
+        chain = sampling.sample_posterior(
             model, x, y, loss_fn if loss_fn is not None else F.cross_entropy,
             n_samples=p.n_samples, sigma_u=p.sigma_u, lr=p.lr, epochs=p.epochs,
             batch_size=p.batch_size, eps=p.eps, include_bias=p.include_bias, noise=p.noise)
@@ -123,14 +123,14 @@ class Sampling(VolumeEstimator):
                              "raise n_samples or eps, or lower sigma_u")
         layers, details, paper = {}, {}, {}
         for key, s in chain.samples.items():
-            est = volume.sampled_log_vol(s, subset_size=p.subset_size, n_subsets=p.n_subsets,
+            est = sampling.sampled_log_vol(s, subset_size=p.subset_size, n_subsets=p.n_subsets,
                                          covariance=p.covariance, debias=p.debias)
             k = int(s.shape[1])
             layers[key] = {"log_vol": est["log_vol"], "dim": k,
                            "vol_per_dim": math.exp(est["per_dim"])}
             details[key] = {"subset_size": est["subset_size"], "subsets": est["subsets"]}
             if p.blocks is not None:
-                paper[key] = volume.sampled_block_det(s, p.blocks)
+                paper[key] = sampling.sampled_block_det(s, p.blocks)
         out = volume.summarize(layers)
         out.update({"kept": chain.kept, "tried": chain.tried, "ref_loss": chain.ref_loss,
                     "diverged": chain.diverged, "layer_details": details,
