@@ -136,7 +136,7 @@ class MeasureContext:
 
         def compute() -> dict[str, Any]:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(0)
+                torch.manual_seed(int(self.key[:15], 16))
                 return est.estimate(self.build(), self.data, loss_fn=self.loss_fn,
                                     device=self.device)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from genbench import taps
-from genbench.volume import batched_log_vol, layer_key, log_vol
+from genbench.volume import batched_log_vol, is_cross_entropy, kronecker_factors, layer_key, log_vol
 
 
 # -- the sampling estimator (paper Algorithm 1) ----------------------------------------
@@ -172,3 +172,349 @@ def sampled_block_det(samples: torch.Tensor, block: int = 4) -> float:
     centred = groups - groups.mean(0, keepdim=True)
     cov = torch.einsum("nmi,nmj->mij", centred, centred) / max(n - 1, 1)
     return float(torch.exp(batched_log_vol(cov)).nan_to_num(0.0).mean())
+
+
+# -- the default: preconditioned Langevin on the training loss --------------------------------
+@dataclass
+class LayerChain:
+    """One measured layer: its samples (n, rows, cols) and how to read them."""
+
+    key: str
+    samples: torch.Tensor
+    ones_null: bool          # the rows' all-ones direction is a symmetry of the loss (softmax)
+    ess: float = 0.0
+
+
+@dataclass
+class LangevinChain:
+    """What the Langevin chain collected, with what it cost."""
+
+    layers: dict[str, LayerChain]
+    temperature: float
+    step: float
+    burn_in: int
+    thin: int
+    ref_loss: float
+    losses: list[float]
+    gradient_evals: int      # full-batch gradients: one each is one epoch of the data
+    diverged: bool = False
+
+
+class _Layer:
+    """A measured weight layer as the chain sees it: its matrix [W (b)] and its
+    preconditioner (A (x) G + delta I)^{-1}, applied in the factors' eigenbases."""
+
+    def __init__(self, name: str, module: nn.Module, include_bias: bool, a: torch.Tensor | None,
+                 g: torch.Tensor | None, damping: float, ones_null: bool,
+                 precondition_damping: float):
+        self.key, self.prefix = layer_key(name), f"{name}." if name else ""
+        self.module, self.ones_null = module, ones_null
+        self.bias = include_bias and module.bias is not None
+        w = self.matrix().to(torch.float64)
+        rows, cols = w.shape
+        if a is None:  # no preconditioner: identity factors
+            a, g = torch.eye(cols, dtype=torch.float64), torch.eye(rows, dtype=torch.float64)
+        la, self.ua = torch.linalg.eigh(a.to(torch.float64))
+        lg, self.ug = torch.linalg.eigh(g.to(torch.float64))
+        # The prior precision: damping times the layer's mean curvature tr(A (x) G) / k.
+        self.delta = damping * float(torch.diagonal(a).mean() * torch.diagonal(g).mean())
+        # The preconditioner's own damping bounds M, so directions whose curvature the
+        # factors underestimate cannot make the chain unstable.
+        mean = float(torch.diagonal(a).mean() * torch.diagonal(g).mean())
+        self.scale = 1.0 / (lg.clamp_min(0)[:, None] * la.clamp_min(0)[None, :]
+                            + max(precondition_damping * mean, self.delta))
+        self.anchor = w.clone()
+        self.tilt = torch.zeros_like(w)  # grad L_S(W^F), removed so that W^F is stationary
+
+    def params(self) -> list[torch.Tensor]:
+        return [self.module.weight] + ([self.module.bias] if self.bias else [])
+
+    def matrix(self) -> torch.Tensor:
+        w = self.module.weight.detach().reshape(self.module.weight.shape[0], -1)
+        return torch.cat([w, self.module.bias.detach()[:, None]], 1) if self.bias else w
+
+    def precondition(self, x: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+        """M^power x for a (rows, cols) matrix x."""
+        inner = self.ug.T @ x @ self.ua
+        return self.ug @ (inner * self.scale ** power) @ self.ua.T
+
+    def move(self, delta: torch.Tensor) -> None:
+        with torch.no_grad():
+            cols = self.module.weight[0].numel()
+            w = self.module.weight
+            w.add_(delta[:, :cols].reshape(w.shape).to(w.dtype))
+            if self.bias:
+                self.module.bias.add_(delta[:, cols].to(w.dtype))
+
+
+def _full_batch_grad(model: nn.Module, params: list[torch.Tensor], x: torch.Tensor,
+                     y: torch.Tensor, loss_fn: Callable, batch_size: int
+                     ) -> tuple[float, list[torch.Tensor]]:
+    """L_S and its exact gradient (summed over chunks of ``batch_size``)."""
+    n = x.shape[0]
+    total, grads = 0.0, [torch.zeros_like(p) for p in params]
+    with torch.enable_grad():
+        for i in range(0, n, batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            loss = loss_fn(model(xb), yb) * (xb.shape[0] / n)
+            for acc, g in zip(grads, torch.autograd.grad(loss, params)):
+                acc.add_(g)
+            total += float(loss.detach())
+    return total, grads
+
+
+def _ggn_product(model: nn.Module, layers: list[_Layer], x: torch.Tensor, y: torch.Tensor,
+                 loss_fn: Callable) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """v -> G v, G the exact Gauss-Newton matrix of L_S at W^F over the measured layers
+    jointly (cross-layer blocks included): J^T (d2 L / dz2) J v by a jvp, an output-Hessian
+    product and a vjp (torch.func)."""
+    from torch.func import functional_call, grad, jvp, vjp
+
+    fixed = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    fixed = {k: v.detach() for k, v in fixed.items()}
+    names = [[f"{lay.prefix}weight"] + ([f"{lay.prefix}bias"] if lay.bias else [])
+             for lay in layers]
+    w0 = {n: fixed[n] for group in names for n in group}
+
+    def out(w):
+        return functional_call(model, {**fixed, **w}, (x,))
+
+    z0, pull = vjp(out, w0)
+    z0 = z0.detach()
+    grad_z = grad(lambda z: loss_fn(z, y))
+
+    def product(vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        v = {}
+        for lay, group, m in zip(layers, names, vs):
+            w = fixed[group[0]]
+            cols = w[0].numel()
+            v[group[0]] = m[:, :cols].reshape(w.shape).to(w.dtype)
+            if lay.bias:
+                v[group[1]] = m[:, cols].to(w.dtype)
+        _, jv = jvp(out, (w0,), (v,))
+        _, hjv = jvp(grad_z, (z0,), (jv,))
+        g = pull(hjv)[0]
+        res = []
+        for lay, group in zip(layers, names):
+            m = g[group[0]].reshape(g[group[0]].shape[0], -1).to(torch.float64)
+            res.append(torch.cat([m, g[group[1]].to(torch.float64)[:, None]], 1)
+                       if lay.bias else m)
+        return res
+
+    return product
+
+
+def langevin_chain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, *,
+                   n_samples: int = 100, burn_in: int = 50, thin: int = 2, step: float = 0.2,
+                   target: str = "gauss_newton", loss_rise: float = 0.01, damping: float = 1e-3,
+                   precondition: bool = True, precondition_damping: float = 1e-3,
+                   include_bias: bool = False, batch_size: int = 8192) -> LangevinChain:
+    """Preconditioned (unadjusted) Langevin dynamics around W^F over the measured weight
+    matrices jointly (biases and other parameters held at W^F unless ``include_bias``).
+
+    Target: p(W) ~ exp(-[E(W) + sum_l delta_l / 2 ||W_l - W^F_l||^2] / T), with
+    ``target="gauss_newton"``: E = 1/2 dW^T G dW, G the exact Gauss-Newton matrix of L_S
+    at W^F (a Gaussian, N(W^F, T (G + delta)^{-1}), for any model); ``"loss"``:
+    E = L_S(W) - grad L_S(W^F) . dW, the training loss tilted so that W^F is stationary
+    (N(W^F, T (H + delta)^{-1}) where it is quadratic). Gradients are full-batch and
+    noise-free (eval mode, no dropout): the only noise is the injected one.
+    Update: dW += -step M grad E + sqrt(2 step T) M^{1/2} xi, with M^{-1} = E[A] (x) E[G] +
+    delta I per layer (the model's own Kronecker factors, fixed: any fixed M leaves the
+    target unchanged and sets only how fast the chain mixes). Its stationary covariance is
+    T (K - step/2 K M K)^{-1} for K = G + delta: a factor 1/(1 - step mu/2) per eigenvalue
+    mu of M K, uniform (so without effect on log_vol) where M K ~ I.
+    T = 2 loss_rise / k: at equilibrium E sits ``loss_rise`` above its minimum.
+    Modifies ``model`` (pass a copy).
+    """
+    if target not in ("gauss_newton", "loss"):
+        raise ValueError(f"target must be 'gauss_newton' or 'loss', not {target!r}")
+    model.eval()
+    weight_layers = taps.weight_layers(model)
+    with torch.no_grad():
+        ce = is_cross_entropy(loss_fn, model(x[:8]), y[:8])
+    factors = (kronecker_factors(model, x, y, loss_fn, fisher="mc" if ce else "exact",
+                                 include_bias=include_bias, noise=False, batch_size=batch_size)
+               if precondition else {})
+    layers = []
+    for i, (name, module) in enumerate(weight_layers):
+        f = factors.get(name)
+        layers.append(_Layer(name, module, include_bias, f.A if f else None,
+                             f.G if f else None, damping,
+                             ones_null=ce and i == len(weight_layers) - 1,
+                             precondition_damping=precondition_damping))
+    params = [p for layer in layers for p in layer.params()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    k = sum(layer.anchor.numel() for layer in layers)
+    temperature = 2.0 * loss_rise / k
+    noise_sd = math.sqrt(2.0 * step * temperature)
+    kept: dict[str, list[torch.Tensor]] = {layer.key: [] for layer in layers}
+    chain = LangevinChain({}, temperature, step, burn_in, thin, 0.0, [], 0)
+    disp = [torch.zeros_like(layer.anchor) for layer in layers]
+    product = _ggn_product(model, layers, x, y, loss_fn) if target == "gauss_newton" else None
+    if product is not None:
+        chain.ref_loss = mean_loss(model, x, y, loss_fn, batch_size)
+    else:
+        for p in params:
+            p.requires_grad_(True)
+    total = burn_in + n_samples * thin
+    for t in range(total + 1):
+        if product is not None:
+            forces = product(disp)
+            rise = 0.5 * sum(float((d * f).sum()) for d, f in zip(disp, forces))
+            energy = chain.ref_loss + rise
+        else:
+            energy, grads = _full_batch_grad(model, params, x, y, loss_fn, batch_size)
+            forces, it = [], iter(grads)
+            for layer in layers:
+                g = next(it).reshape(layer.anchor.shape[0], -1).to(torch.float64)
+                forces.append(torch.cat([g, next(it).to(torch.float64)[:, None]], 1)
+                              if layer.bias else g)
+            if t == 0:
+                chain.ref_loss, tilt = energy, [f.clone() for f in forces]
+            forces = [f - f0 for f, f0 in zip(forces, tilt)]
+        chain.gradient_evals += 1
+        chain.losses.append(energy)
+        if not math.isfinite(energy) or energy > chain.ref_loss + 100 * loss_rise + 1.0:
+            chain.diverged = True
+            break
+        if t > burn_in and (t - burn_in) % thin == 0:
+            for layer, d in zip(layers, disp):
+                kept[layer.key].append(d.cpu().clone())
+        if t == total:
+            break
+        for i, layer in enumerate(layers):
+            drift = layer.precondition(forces[i] + layer.delta * disp[i])
+            kick = layer.precondition(torch.randn_like(disp[i]), 0.5)
+            move = -step * drift + noise_sd * kick
+            disp[i] = disp[i] + move
+            if product is None:
+                layer.move(move)
+    for p in params:
+        p.requires_grad_(False)
+    chain.layers = {layer.key: LayerChain(layer.key, torch.stack(kept[layer.key])
+                                          if kept[layer.key] else torch.empty(0),
+                                          layer.ones_null) for layer in layers}
+    for lc in chain.layers.values():
+        if lc.samples.shape[0] >= 4:
+            lc.ess = layer_ess(lc.samples)
+    return chain
+
+
+# -- effective sample size ---------------------------------------------------------------------
+def effective_sample_size(series: torch.Tensor) -> torch.Tensor:
+    """ESS of each column of ``series`` (n, m): n / (1 + 2 sum rho_t), Geyer's initial
+    monotone positive sequence of autocorrelation pairs (Geyer 1992)."""
+    x = series.to(torch.float64)
+    n = x.shape[0]
+    x = x - x.mean(0)
+    f = torch.fft.rfft(x, n=2 * n, dim=0)
+    acov = torch.fft.irfft(f * f.conj(), dim=0)[:n] / n
+    rho = acov / acov[0].clamp_min(1e-300)
+    out = torch.empty(x.shape[1], dtype=torch.float64)
+    for j in range(x.shape[1]):
+        pairs = rho[: 2 * (n // 2), j].reshape(-1, 2).sum(1)  # Gamma_k = rho_2k + rho_2k+1
+        positive = torch.nonzero(pairs <= 0)
+        stop = int(positive[0]) if len(positive) else len(pairs)
+        gam = torch.cummin(pairs[:stop], 0).values if stop else pairs[:0]
+        tau = -1.0 + 2.0 * float(gam.sum()) if stop else 1.0
+        out[j] = n / max(tau, 1e-12)
+    return out.clamp(max=float(n))
+
+
+def layer_ess(samples: torch.Tensor, projections: int = 4) -> float:
+    """A layer's ESS: the smallest over its squared displacement norm (the slowest
+    statistic in practice) and a few random linear projections."""
+    flat = samples.reshape(samples.shape[0], -1)
+    dirs = torch.randn(flat.shape[1], projections, dtype=flat.dtype)
+    stats = torch.cat([(flat ** 2).sum(1, keepdim=True), flat @ dirs], 1)
+    return float(effective_sample_size(stats).min())
+
+
+# -- the full-layer log-volume from a matrix-normal fit ---------------------------------------
+def matrix_normal_fit(samples: torch.Tensor, iterations: int = 100, tol: float = 1e-8
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip-flop MLE (Dutilleul 1999) of U (rows) and V (cols) with Cov(vec W) = U (x) V,
+    from n centred samples (n, p, q); exists once n >= p/q + 1 and q/p + 1."""
+    n, p, q = samples.shape
+    x = samples.to(torch.float64)
+    x = x - x.mean(0, keepdim=True)
+    v = torch.eye(q, dtype=torch.float64)
+    prev = math.inf
+    for _ in range(iterations):
+        lv = torch.linalg.cholesky(v)
+        y = torch.linalg.solve_triangular(lv, x.transpose(1, 2), upper=False)  # (n, q, p)
+        u = torch.einsum("nqi,nqj->ij", y, y) / ((n - 1) * q)
+        lu = torch.linalg.cholesky(u)
+        z = torch.linalg.solve_triangular(lu, x, upper=False)  # (n, p, q)
+        v = torch.einsum("npi,npj->ij", z, z) / ((n - 1) * p)
+        # U (x) V is defined up to (cU) (x) (V/c): fix the scale so convergence is checkable.
+        s = float(torch.diagonal(v).mean())
+        u, v = u * s, v / s
+        cur = float(torch.logdet(u)) * q + float(torch.logdet(v)) * p
+        if abs(cur - prev) <= tol * max(1.0, abs(cur)):
+            break
+        prev = cur
+    return 0.5 * (u + u.T), 0.5 * (v + v.T)
+
+
+def correlation_log_vol_bias(d: int, dof: float) -> float:
+    """E[log det R^] - log det R of a d x d sample correlation with ``dof`` degrees of
+    freedom (Gaussian; exact for integer dof, used as is for effective ones)."""
+    if d < 2:
+        return 0.0
+    return wishart_log_vol_bias(d, dof) if dof > d + 1 else -math.inf
+
+
+def profiled_log_vol(u: torch.Tensor) -> float:
+    """log_vol over the complement of the all-ones direction of a (p-1) x (p-1) covariance
+    given in an orthonormal basis Q of 1^perp: the variance t along 1/sqrt(p) that
+    maximizes log_vol(Q u Q^T + t 1 1^T / p), the same gauge as Laplace's profile."""
+    p = u.shape[0] + 1
+    q = ones_complement(p)
+    reg = q @ u @ q.T
+    a = torch.diagonal(reg).clamp_min(1e-300)
+    lo, hi = math.log(float(a.min())) - 40.0, math.log(float(a.max())) + 40.0
+    for _ in range(200):  # sum_i b / (a_i + b) = 1 at the optimum, b = t / p
+        mid = 0.5 * (lo + hi)
+        if float((math.exp(mid) / (a + math.exp(mid))).sum()) < 1.0:
+            lo = mid
+        else:
+            hi = mid
+    b = math.exp(0.5 * (lo + hi))
+    return min(float(torch.logdet(u)) + math.log(p * b) - float(torch.log(a + b).sum()), 0.0)
+
+
+def ones_complement(p: int) -> torch.Tensor:
+    """An orthonormal basis (p, p-1) of the complement of the all-ones vector."""
+    u = torch.full((p, 1), 1.0 / math.sqrt(p), dtype=torch.float64)
+    return torch.linalg.qr(torch.cat([u, torch.eye(p, dtype=torch.float64)], 1))[0][:, 1:p]
+
+
+def kronecker_log_vol(samples: torch.Tensor, *, ones_null: bool = False, ess: float | None = None,
+                      debias: bool = True) -> dict[str, Any]:
+    """A layer's log-volume from its samples (n, rows, cols) through a matrix-normal fit:
+    log_vol(U (x) V) = cols log_vol(U) + rows log_vol(V).
+
+    ``ones_null``: the rows' all-ones direction is a symmetry of the loss (softmax output
+    layer); the fit runs on the complement (rows - 1 directions) and U's term is profiled
+    there. ``debias`` removes the Gaussian small-sample bias of each factor's sample
+    correlation, with ``ess`` (default n) times the other factor's size as degrees of freedom.
+    """
+    n, rows, cols = samples.shape
+    x = samples.to(torch.float64)
+    if ones_null:
+        x = torch.einsum("pr,npq->nrq", ones_complement(rows), x)
+    p = x.shape[1]
+    if n < max(p / cols, cols / p) + 2:
+        raise ValueError(f"{n} samples cannot fit a {p} x {cols} matrix-normal covariance "
+                         "(raise n_samples)")
+    u, v = matrix_normal_fit(x)
+    lv_u = profiled_log_vol(u) if ones_null else log_vol(u)
+    lv_v = log_vol(v)
+    eff = float(min(ess or n, n))
+    bias_u = correlation_log_vol_bias(p, eff * cols - 1) if debias else 0.0
+    bias_v = correlation_log_vol_bias(cols, eff * p - 1) if debias else 0.0
+    lv_u, lv_v = min(lv_u - bias_u, 0.0), min(lv_v - bias_v, 0.0)
+    return {"log_vol": cols * lv_u + p * lv_v, "log_vol_rows": lv_u, "log_vol_cols": lv_v,
+            "bias_rows": bias_u, "bias_cols": bias_v, "dim": p * cols}
