@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from genbench import taps
-from genbench.volume import batched_log_vol, is_cross_entropy, kronecker_factors, layer_key, log_vol
+from genbench.volume import (batched_log_vol, is_cross_entropy, kronecker_factors, layer_key,
+                             log_vol, output_hessian_sqrt)
 
 
 # -- the sampling estimator (paper Algorithm 1) ----------------------------------------
@@ -205,8 +206,7 @@ class _Layer:
     preconditioner (A (x) G + delta I)^{-1}, applied in the factors' eigenbases."""
 
     def __init__(self, name: str, module: nn.Module, include_bias: bool, a: torch.Tensor | None,
-                 g: torch.Tensor | None, damping: float, ones_null: bool,
-                 precondition_damping: float):
+                 g: torch.Tensor | None, damping: float, ones_null: bool):
         self.key, self.prefix = layer_key(name), f"{name}." if name else ""
         self.module, self.ones_null = module, ones_null
         self.bias = include_bias and module.bias is not None
@@ -218,11 +218,9 @@ class _Layer:
         lg, self.ug = torch.linalg.eigh(g.to(torch.float64))
         # The prior precision: damping times the layer's mean curvature tr(A (x) G) / k.
         self.delta = damping * float(torch.diagonal(a).mean() * torch.diagonal(g).mean())
-        # The preconditioner's own damping bounds M, so directions whose curvature the
-        # factors underestimate cannot make the chain unstable.
-        mean = float(torch.diagonal(a).mean() * torch.diagonal(g).mean())
-        self.scale = 1.0 / (lg.clamp_min(0)[:, None] * la.clamp_min(0)[None, :]
-                            + max(precondition_damping * mean, self.delta))
+        # M's damping is the prior's: exact where only the prior holds, and bounded where
+        # the factors underestimate the curvature (stability needs step * mu < 2).
+        self.scale = 1.0 / (lg.clamp_min(0)[:, None] * la.clamp_min(0)[None, :] + self.delta)
         self.anchor = w.clone()
         self.tilt = torch.zeros_like(w)  # grad L_S(W^F), removed so that W^F is stationary
 
@@ -266,48 +264,64 @@ def _full_batch_grad(model: nn.Module, params: list[torch.Tensor], x: torch.Tens
 def _ggn_product(model: nn.Module, layers: list[_Layer], x: torch.Tensor, y: torch.Tensor,
                  loss_fn: Callable) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
     """v -> G v, G the exact Gauss-Newton matrix of L_S at W^F over the measured layers
-    jointly (cross-layer blocks included): J^T (d2 L / dz2) J v by a jvp, an output-Hessian
-    product and a vjp (torch.func)."""
-    from torch.func import functional_call, grad, jvp, vjp
-
-    fixed = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    fixed = {k: v.detach() for k, v in fixed.items()}
-    names = [[f"{lay.prefix}weight"] + ([f"{lay.prefix}bias"] if lay.bias else [])
-             for lay in layers]
-    w0 = {n: fixed[n] for group in names for n in group}
-
-    def out(w):
-        return functional_call(model, {**fixed, **w}, (x,))
-
-    z0, pull = vjp(out, w0)
-    z0 = z0.detach()
-    grad_z = grad(lambda z: loss_fn(z, y))
+    jointly (cross-layer blocks included): J^T (d2 L / dz2) J v, with J v by the
+    double-backward trick and J^T by a backward pass, both on one retained graph."""
+    params = [p for lay in layers for p in lay.params()]
+    for p in params:
+        p.requires_grad_(True)
+    with torch.enable_grad():
+        z = model(x)
+        u = torch.zeros_like(z, requires_grad=True)
+        jt_u = torch.autograd.grad(z, params, u, create_graph=True)  # J^T u, linear in u
+    # d2 L / dz2 = sum_s S_s S_s^T / n (softmax: closed form; other losses: double backward).
+    zd = z.detach()
+    root = output_hessian_sqrt(zd, y, loss_fn, is_cross_entropy(loss_fn, zd, y)).to(zd.dtype)
 
     def product(vs: list[torch.Tensor]) -> list[torch.Tensor]:
-        v = {}
-        for lay, group, m in zip(layers, names, vs):
-            w = fixed[group[0]]
+        v = []
+        for lay, m in zip(layers, vs):
+            w = lay.module.weight
             cols = w[0].numel()
-            v[group[0]] = m[:, :cols].reshape(w.shape).to(w.dtype)
+            v.append(m[:, :cols].reshape(w.shape).to(w.dtype))
             if lay.bias:
-                v[group[1]] = m[:, cols].to(w.dtype)
-        _, jv = jvp(out, (w0,), (v,))
-        _, hjv = jvp(grad_z, (z0,), (jv,))
-        g = pull(hjv)[0]
+                v.append(m[:, cols].to(w.dtype))
+        jv = torch.autograd.grad(jt_u, u, v, retain_graph=True)[0]
+        hjv = torch.einsum("nck,nk->nc", root, torch.einsum("nck,nc->nk", root, jv)) / len(x)
+        g = iter(torch.autograd.grad(z, params, hjv, retain_graph=True))
         res = []
-        for lay, group in zip(layers, names):
-            m = g[group[0]].reshape(g[group[0]].shape[0], -1).to(torch.float64)
-            res.append(torch.cat([m, g[group[1]].to(torch.float64)[:, None]], 1)
-                       if lay.bias else m)
+        for lay in layers:
+            m = next(g)
+            m = m.reshape(m.shape[0], -1).to(torch.float64)
+            res.append(torch.cat([m, next(g).to(torch.float64)[:, None]], 1) if lay.bias else m)
         return res
 
     return product
 
 
+POWER_ITERATIONS = 15  # Gauss-Newton products spent on mu_max
+
+
+def _stiffest(layers: list[_Layer], product, x, y, loss_fn, model, params, target: str,
+              iterations: int = POWER_ITERATIONS) -> float:
+    """mu_max of M (G + delta) by power iteration (G: the Gauss-Newton product; for the
+    loss target the same G at W^F, its curvature in the quadratic regime)."""
+    if product is None:
+        product = _ggn_product(model, layers, x, y, loss_fn)
+    v = [torch.randn_like(layer.anchor) for layer in layers]
+    mu = 1.0
+    for _ in range(iterations):
+        a = [layer.precondition(u, 0.5) for layer, u in zip(layers, v)]
+        k = [g + layer.delta * u for layer, g, u in zip(layers, product(a), a)]
+        w = [layer.precondition(u, 0.5) for layer, u in zip(layers, k)]
+        mu = math.sqrt(sum(float((u ** 2).sum()) for u in w))
+        v = [u / mu for u in w]
+    return mu
+
+
 def langevin_chain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, *,
-                   n_samples: int = 100, burn_in: int = 50, thin: int = 2, step: float = 0.2,
-                   target: str = "gauss_newton", loss_rise: float = 0.01, damping: float = 1e-3,
-                   precondition: bool = True, precondition_damping: float = 1e-3,
+                   n_samples: int = 100, burn_in: int = 50, thin: int = 2, step: float = 0.3,
+                   target: str = "gauss_newton", loss_rise: float = 0.01, damping: float = 0.1,
+                   precondition: bool = True,
                    include_bias: bool = False, batch_size: int = 8192) -> LangevinChain:
     """Preconditioned (unadjusted) Langevin dynamics around W^F over the measured weight
     matrices jointly (biases and other parameters held at W^F unless ``include_bias``).
@@ -318,11 +332,11 @@ def langevin_chain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     E = L_S(W) - grad L_S(W^F) . dW, the training loss tilted so that W^F is stationary
     (N(W^F, T (H + delta)^{-1}) where it is quadratic). Gradients are full-batch and
     noise-free (eval mode, no dropout): the only noise is the injected one.
-    Update: dW += -step M grad E + sqrt(2 step T) M^{1/2} xi, with M^{-1} = E[A] (x) E[G] +
+    Update: dW += -h M grad E + sqrt(2 h T) M^{1/2} xi, h = step / mu_max, with M^{-1} = E[A] (x) E[G] +
     delta I per layer (the model's own Kronecker factors, fixed: any fixed M leaves the
     target unchanged and sets only how fast the chain mixes). Its stationary covariance is
-    T (K - step/2 K M K)^{-1} for K = G + delta: a factor 1/(1 - step mu/2) per eigenvalue
-    mu of M K, uniform (so without effect on log_vol) where M K ~ I.
+    T (K - h/2 K M K)^{-1} for K = G + delta: a factor 1/(1 - h mu/2) per eigenvalue mu of
+    M K (at most 1/(1 - step/2)), uniform (so without effect on log_vol) where M K ~ I.
     T = 2 loss_rise / k: at equilibrium E sits ``loss_rise`` above its minimum.
     Modifies ``model`` (pass a copy).
     """
@@ -340,23 +354,28 @@ def langevin_chain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
         f = factors.get(name)
         layers.append(_Layer(name, module, include_bias, f.A if f else None,
                              f.G if f else None, damping,
-                             ones_null=ce and i == len(weight_layers) - 1,
-                             precondition_damping=precondition_damping))
+                             ones_null=ce and i == len(weight_layers) - 1))
     params = [p for layer in layers for p in layer.params()]
     for p in model.parameters():
         p.requires_grad_(False)
     k = sum(layer.anchor.numel() for layer in layers)
     temperature = 2.0 * loss_rise / k
-    noise_sd = math.sqrt(2.0 * step * temperature)
     kept: dict[str, list[torch.Tensor]] = {layer.key: [] for layer in layers}
     chain = LangevinChain({}, temperature, step, burn_in, thin, 0.0, [], 0)
-    disp = [torch.zeros_like(layer.anchor) for layer in layers]
+    # Start from the preconditioner's Gaussian N(W^F, T M): exact wherever M is (e.g. in
+    # the directions only the prior holds), so burn-in only fixes where M errs.
+    disp = [math.sqrt(temperature) * layer.precondition(torch.randn_like(layer.anchor), 0.5)
+            for layer in layers]
     product = _ggn_product(model, layers, x, y, loss_fn) if target == "gauss_newton" else None
     if product is not None:
         chain.ref_loss = mean_loss(model, x, y, loss_fn, batch_size)
     else:
+        for layer, d in zip(layers, disp):
+            layer.move(d)
         for p in params:
             p.requires_grad_(True)
+    chain.step = step / _stiffest(layers, product, x, y, loss_fn, model, params, target)
+    noise_sd = math.sqrt(2.0 * chain.step * temperature)
     total = burn_in + n_samples * thin
     for t in range(total + 1):
         if product is not None:
@@ -386,18 +405,22 @@ def langevin_chain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
         for i, layer in enumerate(layers):
             drift = layer.precondition(forces[i] + layer.delta * disp[i])
             kick = layer.precondition(torch.randn_like(disp[i]), 0.5)
-            move = -step * drift + noise_sd * kick
+            move = -chain.step * drift + noise_sd * kick
             disp[i] = disp[i] + move
             if product is None:
                 layer.move(move)
+    if product is None:
+        for layer, d in zip(layers, disp):
+            layer.move(-d)  # back to W^F
     for p in params:
         p.requires_grad_(False)
     chain.layers = {layer.key: LayerChain(layer.key, torch.stack(kept[layer.key])
                                           if kept[layer.key] else torch.empty(0),
                                           layer.ones_null) for layer in layers}
-    for lc in chain.layers.values():
+    for layer, lc in zip(layers, chain.layers.values()):
         if lc.samples.shape[0] >= 4:
-            lc.ess = layer_ess(lc.samples)
+            white = torch.stack([layer.precondition(s, -0.5) for s in lc.samples])
+            lc.ess = layer_ess(white)
     return chain
 
 
@@ -423,8 +446,8 @@ def effective_sample_size(series: torch.Tensor) -> torch.Tensor:
 
 
 def layer_ess(samples: torch.Tensor, projections: int = 4) -> float:
-    """A layer's ESS: the smallest over its squared displacement norm (the slowest
-    statistic in practice) and a few random linear projections."""
+    """A layer's ESS: the smallest over its squared norm and a few random linear
+    projections of its (whitened) samples."""
     flat = samples.reshape(samples.shape[0], -1)
     dirs = torch.randn(flat.shape[1], projections, dtype=flat.dtype)
     stats = torch.cat([(flat ** 2).sum(1, keepdim=True), flat @ dirs], 1)
@@ -463,7 +486,10 @@ def correlation_log_vol_bias(d: int, dof: float) -> float:
     freedom (Gaussian; exact for integer dof, used as is for effective ones)."""
     if d < 2:
         return 0.0
-    return wishart_log_vol_bias(d, dof) if dof > d + 1 else -math.inf
+    if dof <= d + 1:
+        raise ValueError(f"{dof:.0f} effective degrees of freedom cannot debias a {d} x {d} "
+                         "correlation (raise n_samples or thin)")
+    return wishart_log_vol_bias(d, dof)
 
 
 def profiled_log_vol(u: torch.Tensor) -> float:
@@ -491,7 +517,7 @@ def ones_complement(p: int) -> torch.Tensor:
     return torch.linalg.qr(torch.cat([u, torch.eye(p, dtype=torch.float64)], 1))[0][:, 1:p]
 
 
-def kronecker_log_vol(samples: torch.Tensor, *, ones_null: bool = False, ess: float | None = None,
+def kronecker_log_vol(samples: torch.Tensor, *, ones_null: bool = False,
                       debias: bool = True) -> dict[str, Any]:
     """A layer's log-volume from its samples (n, rows, cols) through a matrix-normal fit:
     log_vol(U (x) V) = cols log_vol(U) + rows log_vol(V).
@@ -499,7 +525,7 @@ def kronecker_log_vol(samples: torch.Tensor, *, ones_null: bool = False, ess: fl
     ``ones_null``: the rows' all-ones direction is a symmetry of the loss (softmax output
     layer); the fit runs on the complement (rows - 1 directions) and U's term is profiled
     there. ``debias`` removes the Gaussian small-sample bias of each factor's sample
-    correlation, with ``ess`` (default n) times the other factor's size as degrees of freedom.
+    correlation, with (n - 1) times the other factor's size as degrees of freedom.
     """
     n, rows, cols = samples.shape
     x = samples.to(torch.float64)
@@ -512,9 +538,10 @@ def kronecker_log_vol(samples: torch.Tensor, *, ones_null: bool = False, ess: fl
     u, v = matrix_normal_fit(x)
     lv_u = profiled_log_vol(u) if ones_null else log_vol(u)
     lv_v = log_vol(v)
-    eff = float(min(ess or n, n))
-    bias_u = correlation_log_vol_bias(p, eff * cols - 1) if debias else 0.0
-    bias_v = correlation_log_vol_bias(cols, eff * p - 1) if debias else 0.0
+    # Degrees of freedom as if the n samples were independent: with autocorrelated ones
+    # (ESS < n) the correction is too small and the result is biased low (docs/sampling.md).
+    bias_u = correlation_log_vol_bias(p, (n - 1) * cols) if debias else 0.0
+    bias_v = correlation_log_vol_bias(cols, (n - 1) * p) if debias else 0.0
     lv_u, lv_v = min(lv_u - bias_u, 0.0), min(lv_v - bias_v, 0.0)
     return {"log_vol": cols * lv_u + p * lv_v, "log_vol_rows": lv_u, "log_vol_cols": lv_v,
             "bias_rows": bias_u, "bias_cols": bias_v, "dim": p * cols}

@@ -92,16 +92,24 @@ class Sampling(VolumeEstimator):
         mode: Literal["langevin", "paper"] = Field(
             "langevin", description="'langevin': a chain whose stationary law is the posterior "
             "(docs/sampling.md); 'paper': Algorithm 1 as the paper writes it, 4x4 subsets")
-        n_samples: int = Field(100, ge=1, description="langevin: samples kept after burn-in "
+        n_samples: int = Field(60, ge=1, description="langevin: samples kept after burn-in "
                                "(one every `thin` steps); paper: iterations n of Algorithm 1")
-        burn_in: int = Field(50, ge=0, description="langevin steps discarded first")
-        thin: int = Field(2, ge=1, description="langevin steps between kept samples")
-        step: float = Field(0.2, gt=0, lt=2, description="langevin step h (dimensionless: the "
-                            "preconditioner makes the curvature ~1); variance bias 1/(1 - h mu/2)")
+        burn_in: int = Field(20, ge=0, description="langevin steps discarded first (the "
+                             "chain starts from the preconditioner's Gaussian, not from W^F)")
+        thin: int = Field(4, ge=1, description="langevin steps between kept samples")
+        target: Literal["gauss_newton", "loss"] = Field(
+            "gauss_newton", description="the posterior sampled: 'gauss_newton' N(W^F, T (G + "
+            "damping)^-1) with the exact Gauss-Newton G of all layers jointly; 'loss' the "
+            "training loss itself, tilted so W^F is stationary (diverges on unconverged nets)")
+        step: float = Field(0.3, gt=0, lt=2, description="langevin step as a fraction of "
+                            "the stability limit: h = step / mu_max, mu_max the largest "
+                            "eigenvalue of the preconditioned curvature (power iteration)")
         loss_rise: float = Field(0.01, gt=0, description="sets the temperature T = 2 loss_rise / "
                                  "k: the mean rise of the training loss at equilibrium")
-        damping: float = Field(1e-3, gt=0, description="Gaussian prior around W^F, precision "
-                               "damping * the layer's mean curvature (as Laplace's damping)")
+        damping: float = Field(0.1, gt=0, description="Gaussian prior around W^F, precision "
+                               "damping * the layer's mean curvature; also the "
+                               "preconditioner's damping, which must bound its gain for "
+                               "stability (1e-3 diverges on the default suite)")
         precondition: bool = Field(True, description="precondition with the model's own "
                                    "(E[A] (x) E[G] + damping)^-1 (changes mixing, not the target)")
         debias: bool = Field(True, description="remove the small-sample bias of log det of a "
@@ -147,7 +155,8 @@ class Sampling(VolumeEstimator):
         p = self.params
         chain = sampling.langevin_chain(
             model, x, y, loss_fn, n_samples=p.n_samples, burn_in=p.burn_in, thin=p.thin,
-            step=p.step, loss_rise=p.loss_rise, damping=p.damping, precondition=p.precondition,
+            step=p.step, target=p.target, loss_rise=p.loss_rise, damping=p.damping,
+            precondition=p.precondition,
             include_bias=p.include_bias)
         if chain.diverged:
             raise ValueError(f"the Langevin chain left the basin after {len(chain.losses)} steps "
@@ -155,7 +164,7 @@ class Sampling(VolumeEstimator):
                              "or loss_rise")
         layers, details = {}, {}
         for key, lc in chain.layers.items():
-            est = sampling.kronecker_log_vol(lc.samples, ones_null=lc.ones_null, ess=lc.ess,
+            est = sampling.kronecker_log_vol(lc.samples, ones_null=lc.ones_null,
                                              debias=p.debias)
             dim = int(lc.samples[0].numel())
             layers[key] = {"log_vol": est["log_vol"], "dim": dim,
@@ -165,11 +174,13 @@ class Sampling(VolumeEstimator):
                             "bias_cols": est["bias_cols"], "ones_null": lc.ones_null}
         out = volume.summarize(layers)
         kept = p.n_samples
-        out.update({"mode": "langevin", "kept": kept, "tried": p.burn_in + kept * p.thin,
+        out.update({"mode": "langevin", "target": p.target, "kept": kept, "tried": p.burn_in + kept * p.thin,
                     "ess_min": min(d["ess"] for d in details.values()),
-                    "temperature": chain.temperature, "ref_loss": chain.ref_loss,
+                    "temperature": chain.temperature, "step_h": chain.step,
+                    "ref_loss": chain.ref_loss,
                     "loss_mean": sum(chain.losses[p.burn_in:]) / max(len(chain.losses[p.burn_in:]), 1),
-                    "epochs": chain.gradient_evals + (1 if p.precondition else 0),
+                    "epochs": chain.gradient_evals + sampling.POWER_ITERATIONS
+                    + (1 if p.precondition else 0),
                     "layer_details": details})
         return out
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.functional import hessian
 
 from genbench import sampling as S
 from genbench import taps
@@ -26,10 +25,6 @@ def _double(torch_threads):
     torch.set_default_dtype(before)
 
 
-def squared_loss(out, target):
-    return 0.5 * ((out - target) ** 2).sum(1).mean()
-
-
 class Drop(taps.TapHandler):
     def __init__(self, q):
         self.q = q
@@ -42,44 +37,6 @@ def bundle(n=64, d=6, classes=3):
     x = torch.randn(n, d, dtype=torch.float32)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
     return DataBundle("toy", x, y % classes, x[:8], y[:8] % classes, classes)
-
-
-# -- (h) the sampling estimator --------------------------------------------------------------
-def synthetic_gaussian_problem():
-    """One linear layer, squared loss, zero residual: a quadratic loss with Hessian
-    I (x) S. Full-batch Algorithm 1 records w <- M (w + U), M = I - lr S per output
-    row, whose stationary covariance sigma^2 M^2 (I - M^2)^{-1} is the known posterior."""
-    torch.manual_seed(0)
-    rotation = torch.linalg.qr(torch.randn(3, 3))[0]
-    x = torch.randn(200, 3) @ torch.diag(torch.tensor([1.0, 2.0, 3.0]).sqrt()) @ rotation.T
-    net = nn.Linear(3, 2, bias=False)
-    y = (x @ net.weight.detach().T).clone()
-    s = x.T @ x / 200
-    lr = 0.8 / float(torch.linalg.eigvalsh(s).max())
-    m = torch.eye(3) - lr * s
-    m2 = m @ m
-    stationary = m2 @ torch.linalg.inv(torch.eye(3) - m2)  # one output row; rows independent
-    return net, x, y, lr, torch.block_diag(stationary, stationary)
-
-
-def test_sampling_recovers_a_known_gaussian_posterior():
-    net, x, y, lr, truth = synthetic_gaussian_problem()
-    chain = S.sample_posterior(net, x, y, squared_loss, n_samples=1000, sigma_u=0.1, lr=lr,
-                               batch_size=200, eps=1e9)
-    assert chain.kept == chain.tried == 1000
-    samples = chain.samples["weight"]
-    full = S.sampled_log_vol(samples, subset_size=6)
-    assert full["subset_size"] == 6
-    assert full["log_vol"] == pytest.approx(V.log_vol(truth), abs=0.1)
-    assert V.log_vol(truth) < -1.0  # a strongly correlated posterior, not a trivial 0
-    # Random pairs: the target is the mean per-dimension log-volume of 2x2 marginals.
-    pairs = [V.log_vol(truth[list(p)][:, list(p)]) / 2 for p in itertools.combinations(range(6), 2)]
-    sub = S.sampled_log_vol(samples, subset_size=2, n_subsets=2000)
-    assert sub["log_vol"] == pytest.approx(6 * sum(pairs) / len(pairs), abs=0.1)
-    # Ledoit-Wolf shrinks towards 0 but with many samples it agrees.
-    lw = S.sampled_log_vol(samples, subset_size=6, covariance="ledoit_wolf")
-    assert lw["log_vol"] == pytest.approx(V.log_vol(truth), abs=0.15)
-    assert lw["log_vol"] >= full["log_vol"] - 0.05
 
 
 def test_debiasing_removes_small_sample_bias():
@@ -97,11 +54,216 @@ def test_debiasing_removes_small_sample_bias():
     assert float(fixed) == pytest.approx(V.log_vol(corr), abs=0.05)
 
 
-def test_sampling_keeps_by_eps_and_never_resets():
-    net, x, y, _, _ = synthetic_gaussian_problem()
+# -- a posterior with a known Hessian ---------------------------------------------------------
+def kron_problem(din=5, dout=3, n=300, mixing=1.0, seed=0):
+    """One linear layer at its least-squares minimum, loss 1/2 mean r^T Q r: a quadratic
+    whose Hessian is exactly Q (x) E[x x^T] (row-major vec W). ``mixing`` correlates the
+    inputs (more mixing: a more correlated posterior)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, din, generator=g) @ (torch.eye(din) + mixing * torch.randn(din, din,
+                                                                               generator=g))
+    b = torch.randn(dout, dout, generator=g)
+    q = b @ b.T + 0.5 * torch.eye(dout)
+    y = x @ torch.randn(dout, din, generator=g).T + 0.1 * torch.randn(n, dout, generator=g)
+    net = nn.Linear(din, dout, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+
+    def loss(out, target):
+        r = out - target
+        return 0.5 * torch.einsum("ni,ij,nj->n", r, q, r).mean()
+
+    h = hessian(lambda w: loss(x @ w.reshape(dout, din).T, y), net.weight.detach().reshape(-1))
+    return net, x, y, loss, h
+
+
+def truth(h, damping):
+    """log_vol of the posterior covariance (H + damping * mean diag(H))^{-1}, brute force."""
+    return V.log_vol(torch.linalg.inv(h + damping * torch.diagonal(h).mean()
+                                      * torch.eye(h.shape[0])))
+
+
+def chain_log_vol(net, x, y, loss, **kw):
+    chain = S.langevin_chain(net, x, y, loss, **kw)
+    assert not chain.diverged
+    lc = chain.layers["weight"]
+    return S.kronecker_log_vol(lc.samples)["log_vol"], lc
+
+
+FAST = {"n_samples": 80, "burn_in": 10, "thin": 2, "step": 0.5, "damping": 1e-6}
+
+
+@pytest.mark.parametrize("target", ["gauss_newton", "loss"])
+def test_langevin_recovers_the_log_volume_of_a_known_hessian(target):
+    """(a) The exact Hessian (torch.autograd) of a quadratic: within 10% of log_vol(H^-1)."""
+    net, x, y, loss, h = kron_problem()
     w0 = net.weight.detach().clone()
-    chain = S.sample_posterior(net, x, y, squared_loss, n_samples=60, sigma_u=0.05, lr=1e-12,
-                               batch_size=200, eps=0.02)
+    est, lc = chain_log_vol(net, x, y, loss, target=target, **FAST)
+    assert truth(h, 1e-6) < -20  # a strongly correlated posterior, not a trivial 0
+    assert est == pytest.approx(truth(h, 1e-6), rel=0.1)
+    assert 20 < lc.ess <= 80
+    assert torch.allclose(net.weight.detach(), w0, atol=1e-12)  # the chain returns the model as it found it
+
+
+def test_the_stationary_law_does_not_come_from_the_preconditioner():
+    """Without the Kronecker preconditioner (plain Langevin, a step below 2 / lambda_max)
+    the chain reaches the same posterior, only more slowly."""
+    net, x, y, loss, h = kron_problem(din=3, dout=2, mixing=0.3)
+    est, _ = chain_log_vol(net, x, y, loss, precondition=False, n_samples=100, burn_in=50,
+                           thin=6, step=0.5, damping=1e-6)
+    assert truth(h, 1e-6) < -0.5
+    assert est == pytest.approx(truth(h, 1e-6), rel=0.1)
+
+
+def test_different_curvature_gives_different_volumes_in_the_right_order():
+    """(b) More correlated inputs, a more correlated posterior: the estimates follow."""
+    vols = []
+    for mixing in (0.2, 1.5):
+        net, x, y, loss, h = kron_problem(mixing=mixing)
+        est, _ = chain_log_vol(net, x, y, loss, **FAST)
+        vols.append((truth(h, 1e-6), est))
+    (t_flat, e_flat), (t_corr, e_corr) = vols
+    assert t_corr < t_flat - 10
+    assert e_corr < e_flat
+    assert (e_flat - e_corr) == pytest.approx(t_flat - t_corr, rel=0.2)
+
+
+def test_the_kronecker_fit_recovers_a_matrix_normal_covariance():
+    """Independent draws from U (x) V, fewer samples than dimensions: log_vol within 5%."""
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(6, 6, generator=g), torch.randn(8, 8, generator=g)
+    u, v = a @ a.T + 0.3 * torch.eye(6), b @ b.T + 0.3 * torch.eye(8)
+    lu, lv = torch.linalg.cholesky(u), torch.linalg.cholesky(v)
+    draws = lu @ torch.randn(30, 6, 8, generator=g) @ lv.T  # 30 samples, 48 dimensions
+    exact = 8 * V.log_vol(u) + 6 * V.log_vol(v)
+    assert exact == pytest.approx(V.log_vol(torch.kron(u, v)))
+    assert S.kronecker_log_vol(draws)["log_vol"] == pytest.approx(exact, rel=0.05)
+    raw = S.kronecker_log_vol(draws, debias=False)["log_vol"]
+    assert raw < S.kronecker_log_vol(draws)["log_vol"]  # the small-sample bias is downwards
+
+
+def test_softmax_layer_is_measured_off_its_null_direction():
+    """Adding the same row to every class changes nothing: such moves are not measured."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(4, 4, generator=g)
+    u, v = a @ a.T + 0.3 * torch.eye(4), torch.eye(5) + 0.5
+    base = torch.linalg.cholesky(u) @ torch.randn(200, 4, 5, generator=g) @ torch.linalg.cholesky(v).T
+    shift = base + 30.0 * torch.randn(200, 1, 5, generator=g)  # a huge ones-direction spread
+    est = S.kronecker_log_vol(base, ones_null=True)["log_vol"]
+    assert S.kronecker_log_vol(shift, ones_null=True)["log_vol"] == pytest.approx(est, abs=1e-6)
+    assert est < 0
+
+
+# -- (c) a model's estimate is its own ----------------------------------------------------------
+def contexts(tmp_path, registry):
+    from genbench.context import MeasureContext
+    from genbench.population import expand
+    from genbench.runner import DataCache, _quiet, train_population
+    from genbench.store import Store
+    from genbench.suite import load_suite
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SUITE)
+    suite = load_suite(path, registry)
+    specs = expand(suite, registry)
+    data = DataCache(registry)
+    store = Store(tmp_path / "store")
+    train_population(specs, suite, store, registry, "cpu", _quiet, data=data)
+
+    def make(model, key=None):
+        init, final = store.load_weights(model["key"])
+        return MeasureContext(key=key or model["key"], hparams=model["hparams"],
+                              config=model["config"], data=data.get(model["config"]),
+                              registry=registry, store=None, init_state=init,
+                              final_state=final, settings={"volume": {"sampling": FAST_PLUGIN}})
+
+    return store, store.models([sp.key for sp in specs]), make
+
+
+FAST_PLUGIN = {"n_samples": 30, "burn_in": 5, "thin": 2, "step": 1.0}
+TINY_SUITE = """
+name = "tiny"
+[dataset]
+name = "mnist1d"
+params = { num_samples = 300 }
+[model]
+name = "mlp"
+params = { depth = 1, width = 8 }
+[train]
+max_epochs = 2
+batch_size = 64
+[regularizers.dropout]
+rate = 0.0
+[grid]
+"regularizers.dropout.rate" = [0.0, 0.3]
+[measures]
+parameter_norm = {}
+"""
+
+
+def test_an_estimate_depends_on_its_model_only(tmp_path):
+    """(c) Seeded from the model's content key: the same whatever else is estimated
+    before it, and two models never share one chain's noise."""
+    from genbench.plugins import get_registry
+
+    torch.set_default_dtype(torch.float32)
+    store, (first, second), make = contexts(tmp_path, get_registry())
+    with store:
+        alone = make(first).volume("sampling")
+        make(second).volume("sampling")
+        torch.manual_seed(123)  # whatever state the run left behind
+        after = make(first).volume("sampling")
+        assert {**after, "seconds": 0} == {**alone, "seconds": 0}
+        # The same weights under another key: another chain, the same volume up to noise.
+        other = make(first, key="f" * 20).volume("sampling")
+        assert other["log_vol_sum"] != alone["log_vol_sum"]
+        assert other["log_vol_sum"] == pytest.approx(alone["log_vol_sum"], rel=0.1)
+
+
+# -- the plugin ---------------------------------------------------------------------------------
+def test_sampling_plugin_reports_the_posterior_and_what_it_cost():
+    """Through the plugin: the known-Hessian volume, kept/tried, ESS and the cost in epochs;
+    dropout noise stays out of the chain (full-batch, noise-free gradients)."""
+    from genbench.plugins import get_registry
+
+    entry = get_registry().get("volume_estimator", "sampling")
+    net, x, y, loss, h = kron_problem()
+    data = DataBundle("toy", x, y, x[:4], y[:4], 3)
+    params = entry.cls.Params(**FAST)
+    est = entry.cls(params).estimate(net, data, loss_fn=loss)
+    assert est["log_vol_sum"] == pytest.approx(truth(h, 1e-6), rel=0.1)
+    assert est["layers"]["weight"]["dim"] == 15
+    assert (est["kept"], est["tried"]) == (80, 10 + 80 * 2)
+    assert est["epochs"] == 10 + 80 * 2 + 1 + S.POWER_ITERATIONS + 1  # steps, mu_max, factors
+    assert 20 < est["ess_min"] <= 80
+    tapped = taps.number_taps(nn.Sequential(nn.Linear(6, 8), taps.Tap(nn.ReLU()),
+                                            nn.Linear(8, 3))).float()
+    plain = entry.cls(entry.cls.Params(n_samples=20, burn_in=2))
+    torch.manual_seed(5)
+    clean = plain.estimate(tapped, bundle(), loss_fn=F.cross_entropy)
+    taps.attach(tapped, [Drop(0.5)])
+    torch.manual_seed(5)
+    assert plain.estimate(tapped, bundle(), loss_fn=F.cross_entropy)["layers"] == clean["layers"]
+
+
+def test_paper_only_params_need_paper_mode():
+    from genbench.plugins import get_registry
+
+    cls = get_registry().get("volume_estimator", "sampling").cls
+    with pytest.raises(ValueError, match="sigma_u apply to mode='paper' only"):
+        cls.Params(sigma_u=0.005)
+    paper = cls(cls.Params(mode="paper", n_samples=8, sigma_u=0.01, eps=1.0))
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).float()
+    est = paper.estimate(net, bundle(), loss_fn=F.cross_entropy)
+    assert (est["mode"], est["kept"], est["tried"], est["epochs"]) == ("paper", 8, 8, 8)
+
+
+# -- mode="paper": Algorithm 1 as written ------------------------------------------------------
+def test_sampling_keeps_by_eps_and_never_resets():
+    net, x, y, loss, _ = kron_problem(din=3, dout=2)
+    w0 = net.weight.detach().clone()
+    chain = S.sample_posterior(net, x, y, loss, n_samples=60, sigma_u=0.05, lr=1e-12,
+                               batch_size=300, eps=0.02)
     ref = chain.ref_loss
     assert chain.kept_flags == [abs(v - ref) <= 0.02 for v in chain.losses]
     assert 0 < chain.kept < chain.tried == 60
@@ -111,21 +273,3 @@ def test_sampling_keeps_by_eps_and_never_resets():
     assert 60 * 0.05 ** 2 / 3 < drift < 60 * 0.05 ** 2 * 3
 
 
-def test_sampling_plugin_on_a_tapped_mlp_with_dropout():
-    from genbench.plugins import get_registry
-
-    torch.set_default_dtype(torch.float32)
-    entry = get_registry().get("volume_estimator", "sampling")
-    net = taps.number_taps(nn.Sequential(nn.Linear(6, 8), taps.Tap(nn.ReLU()), nn.Linear(8, 3)))
-    taps.attach(net, [Drop(0.2)])
-    params = entry.cls.Params(n_samples=8, sigma_u=0.01, eps=1.0, blocks=4)
-    est = entry.cls(params).estimate(net.eval(), bundle(), loss_fn=F.cross_entropy)
-    assert est["kept"] == est["tried"] == 8
-    assert set(est["layers"]) == {"0.weight", "2.weight"}
-    assert all(v["log_vol"] <= 0 and math.isfinite(v["log_vol"]) for v in est["layers"].values())
-    assert 0 <= est["paper_blocks"]["mean"] <= 1
-    too_strict = entry.cls(entry.cls.Params(n_samples=3, sigma_u=1.0, eps=1e-6))
-    with pytest.raises(ValueError, match="kept"):
-        too_strict.estimate(net, bundle(), loss_fn=F.cross_entropy)
-    with pytest.raises(ValueError, match="at least 6"):
-        S.sampled_log_vol(torch.randn(5, 10), subset_size=4)

@@ -388,6 +388,7 @@ rate = 0.0
 [measures]
 parameter_norm = {{}}
 [volume.sampling]
+mode = "paper"
 n_samples = 8
 sigma_u = 0.001
 eps = 1.0
