@@ -105,16 +105,6 @@ def test_langevin_recovers_the_log_volume_of_a_known_hessian(target):
     assert torch.allclose(net.weight.detach(), w0, atol=1e-12)  # the chain returns the model as it found it
 
 
-def test_the_stationary_law_does_not_come_from_the_preconditioner():
-    """Without the Kronecker preconditioner (plain Langevin, a step below 2 / lambda_max)
-    the chain reaches the same posterior, only more slowly."""
-    net, x, y, loss, h = kron_problem(din=3, dout=2, mixing=0.3)
-    est, _ = chain_log_vol(net, x, y, loss, precondition=False, n_samples=100, burn_in=50,
-                           thin=6, step=0.5, damping=1e-6)
-    assert truth(h, 1e-6) < -0.5
-    assert est == pytest.approx(truth(h, 1e-6), rel=0.1)
-
-
 def test_different_curvature_gives_different_volumes_in_the_right_order():
     """(b) More correlated inputs, a more correlated posterior: the estimates follow."""
     vols = []
