@@ -12,10 +12,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 import genbench
-from genbench import taps, volume
+from genbench import sampling, taps, volume
 from genbench.components import Params, VolumeEstimator
 
 
@@ -87,45 +87,120 @@ class Laplace(VolumeEstimator):
         return out
 
 
+PAPER_ONLY = ("sigma_u", "lr", "epochs", "eps", "subset_size", "n_subsets", "covariance",
+              "noise", "blocks")
+
+
 class Sampling(VolumeEstimator):
-    """Sampling volume (paper Algorithm 1): perturb, fine-tune an epoch, keep if the loss stays within eps."""
+    """Sampling volume: preconditioned Langevin on the training loss, full-layer
+    log-determinants from a matrix-normal fit (docs/sampling.md); ``mode="paper"`` runs
+    the paper's Algorithm 1 literally."""
 
     name = "sampling"
-    version = "1"
+    version = "2"
 
     class Params(Params):
-        n_samples: int = Field(20, ge=1, description="iterations n of Algorithm 1 (each: "
-                               "perturb + `epochs` epochs of SGD); raise for fidelity")
-        sigma_u: float = Field(0.1, gt=0, description="std of the perturbation U (paper: 0.1)")
-        lr: float = Field(1e-4, gt=0, description="plain SGD learning rate (paper: 1e-4)")
-        epochs: int = Field(1, ge=1, description="fine-tuning epochs per iteration (paper: 1)")
-        batch_size: int = Field(256, ge=1, description="fine-tuning minibatch size (not "
-                                "given by the paper; 256 is one of its training sizes)")
-        eps: float = Field(0.05, gt=0, description="keep W' if |L_S(W') - L_S(W^F)| <= eps "
-                           "(paper: 0.05 CIFAR-10/SVHN-like, 0.1 CIFAR-100/ImageNet-32-like)")
-        subset_size: int = Field(4, ge=1, description="coordinates per random subset "
-                                 "('subsets' needs kept >= subset_size + 2)")
-        n_subsets: int = Field(256, ge=1, description="random coordinate subsets per layer")
-        covariance: Literal["subsets", "ledoit_wolf"] = Field(
-            "subsets", description="sample covariance on subsets (debiased) or Ledoit-Wolf "
-            "shrinkage on subsets")
-        debias: bool = Field(True, description="remove the Gaussian small-sample bias of "
-                             "log det of a sample correlation ('subsets' only)")
+        mode: Literal["langevin", "paper"] = Field(
+            "langevin", description="'langevin': a chain whose stationary law is the posterior "
+            "(docs/sampling.md); 'paper': Algorithm 1 as the paper writes it, 4x4 subsets")
+        n_samples: int = Field(60, ge=1, description="langevin: samples kept after burn-in "
+                               "(one every `thin` steps); paper: iterations n of Algorithm 1")
+        burn_in: int = Field(20, ge=0, description="langevin steps discarded first (the "
+                             "chain starts from the preconditioner's Gaussian, not from W^F)")
+        thin: int = Field(4, ge=1, description="langevin steps between kept samples")
+        target: Literal["gauss_newton", "loss"] = Field(
+            "gauss_newton", description="the posterior sampled: 'gauss_newton' N(W^F, T (G + "
+            "damping)^-1) with the exact Gauss-Newton G of all layers jointly; 'loss' the "
+            "training loss itself, tilted so W^F is stationary (diverges on unconverged nets)")
+        step: float = Field(0.3, gt=0, lt=2, description="langevin step as a fraction of "
+                            "the stability limit: h = step / mu_max, mu_max the largest "
+                            "eigenvalue of the preconditioned curvature (power iteration)")
+        loss_rise: float = Field(0.01, gt=0, description="sets the temperature T = 2 loss_rise / "
+                                 "k: the mean rise of the training loss at equilibrium")
+        damping: float = Field(0.1, gt=0, description="Gaussian prior around W^F, precision "
+                               "damping * the layer's mean curvature; also the "
+                               "preconditioner's damping, which must bound its gain for "
+                               "stability (1e-3 diverges on the default suite)")
+        precondition: bool = Field(True, description="precondition with the model's own "
+                                   "(E[A] (x) E[G] + damping)^-1 (changes mixing, not the target)")
+        debias: bool = Field(True, description="remove the small-sample bias of log det of a "
+                             "sample correlation (langevin: per Kronecker factor, ESS-based; "
+                             "paper: per subset)")
         include_bias: bool = Field(False, description="measure [W b] instead of W")
-        noise: bool = Field(True, description="fine-tune with the regularizers' noise active")
         max_samples: int | None = Field(None, ge=1, description="use the first N training samples")
-        blocks: int | None = Field(None, ge=1, description="also report the paper-compatible "
-                                   "figure: mean det of consecutive blocks-coordinate groups "
-                                   "(the authors' code used 4)")
+        batch_size: int = Field(256, ge=1, description="paper: fine-tuning minibatch size (not "
+                                "given by the paper; 256 is one of its training sizes)")
+        sigma_u: float = Field(0.1, gt=0, description="paper: std of the perturbation U (0.1)")
+        lr: float = Field(1e-4, gt=0, description="paper: plain SGD learning rate (1e-4)")
+        epochs: int = Field(1, ge=1, description="paper: fine-tuning epochs per iteration (1)")
+        eps: float = Field(0.05, gt=0, description="paper: keep W' if |L_S(W') - L_S(W^F)| <= "
+                           "eps (0.05 CIFAR-10/SVHN-like, 0.1 CIFAR-100/ImageNet-32-like)")
+        subset_size: int = Field(4, ge=1, description="paper: coordinates per random subset")
+        n_subsets: int = Field(256, ge=1, description="paper: random coordinate subsets per layer")
+        covariance: Literal["subsets", "ledoit_wolf"] = Field(
+            "subsets", description="paper: sample covariance on subsets (debiased) or "
+            "Ledoit-Wolf shrinkage on subsets")
+        noise: bool = Field(True, description="paper: fine-tune with the regularizers' noise")
+        blocks: int | None = Field(None, ge=1, description="paper: also report the mean det of "
+                                   "consecutive blocks-coordinate groups (the authors' code: 4)")
+
+        @model_validator(mode="after")
+        def _paper_fields_need_paper_mode(self):
+            stray = [f for f in PAPER_ONLY if f in self.model_fields_set]
+            if self.mode == "langevin" and stray:
+                raise ValueError(f"{', '.join(stray)} apply to mode='paper' only: drop them or "
+                                 "set mode = 'paper'")
+            return self
 
     def estimate(self, model, data, *, loss_fn=None, device=None):
         p = self.params
         t0 = time.perf_counter()
         x, y = _training_set(data, p.max_samples, device)
-        chain = volume.sample_posterior(
-            model, x, y, loss_fn if loss_fn is not None else F.cross_entropy,
-            n_samples=p.n_samples, sigma_u=p.sigma_u, lr=p.lr, epochs=p.epochs,
-            batch_size=p.batch_size, eps=p.eps, include_bias=p.include_bias, noise=p.noise)
+        loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+        out = self._paper(model, x, y, loss_fn) if p.mode == "paper" else \
+            self._langevin(model, x, y, loss_fn)
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def _langevin(self, model, x, y, loss_fn):
+        p = self.params
+        chain = sampling.langevin_chain(
+            model, x, y, loss_fn, n_samples=p.n_samples, burn_in=p.burn_in, thin=p.thin,
+            step=p.step, target=p.target, loss_rise=p.loss_rise, damping=p.damping,
+            precondition=p.precondition,
+            include_bias=p.include_bias)
+        if chain.diverged:
+            raise ValueError(f"the Langevin chain left the basin after {len(chain.losses)} steps "
+                             f"(loss {chain.losses[-1]:.3g} from {chain.ref_loss:.3g}): lower step "
+                             "or loss_rise")
+        layers, details = {}, {}
+        for key, lc in chain.layers.items():
+            est = sampling.kronecker_log_vol(lc.samples, ones_null=lc.ones_null,
+                                             debias=p.debias)
+            dim = int(lc.samples[0].numel())
+            layers[key] = {"log_vol": est["log_vol"], "dim": dim,
+                           "vol_per_dim": math.exp(est["log_vol"] / dim)}
+            details[key] = {"ess": lc.ess, "log_vol_rows": est["log_vol_rows"],
+                            "log_vol_cols": est["log_vol_cols"], "bias_rows": est["bias_rows"],
+                            "bias_cols": est["bias_cols"], "ones_null": lc.ones_null}
+        out = volume.summarize(layers)
+        kept = p.n_samples
+        out.update({"mode": "langevin", "target": p.target, "kept": kept, "tried": p.burn_in + kept * p.thin,
+                    "ess_min": min(d["ess"] for d in details.values()),
+                    "temperature": chain.temperature, "step_h": chain.step,
+                    "ref_loss": chain.ref_loss,
+                    "loss_mean": sum(chain.losses[p.burn_in:]) / max(len(chain.losses[p.burn_in:]), 1),
+                    "epochs": chain.gradient_evals + sampling.POWER_ITERATIONS
+                    + (1 if p.precondition else 0),
+                    "layer_details": details})
+        return out
+
+    def _paper(self, model, x, y, loss_fn):
+        p = self.params
+        chain = sampling.sample_posterior(
+            model, x, y, loss_fn, n_samples=p.n_samples, sigma_u=p.sigma_u, lr=p.lr,
+            epochs=p.epochs, batch_size=p.batch_size, eps=p.eps, include_bias=p.include_bias,
+            noise=p.noise)
         smallest = min(m.weight.numel() + (m.weight.shape[0] if p.include_bias else 0)
                        for _, m in taps.weight_layers(model))
         need = min(p.subset_size, smallest) + 2 if p.covariance == "subsets" else 2
@@ -134,18 +209,18 @@ class Sampling(VolumeEstimator):
                              "raise n_samples or eps, or lower sigma_u")
         layers, details, paper = {}, {}, {}
         for key, s in chain.samples.items():
-            est = volume.sampled_log_vol(s, subset_size=p.subset_size, n_subsets=p.n_subsets,
-                                         covariance=p.covariance, debias=p.debias)
+            est = sampling.sampled_log_vol(s, subset_size=p.subset_size, n_subsets=p.n_subsets,
+                                           covariance=p.covariance, debias=p.debias)
             k = int(s.shape[1])
             layers[key] = {"log_vol": est["log_vol"], "dim": k,
                            "vol_per_dim": math.exp(est["per_dim"])}
             details[key] = {"subset_size": est["subset_size"], "subsets": est["subsets"]}
             if p.blocks is not None:
-                paper[key] = volume.sampled_block_det(s, p.blocks)
+                paper[key] = sampling.sampled_block_det(s, p.blocks)
         out = volume.summarize(layers)
-        out.update({"kept": chain.kept, "tried": chain.tried, "ref_loss": chain.ref_loss,
-                    "diverged": chain.diverged, "layer_details": details,
-                    "seconds": time.perf_counter() - t0})
+        out.update({"mode": "paper", "kept": chain.kept, "tried": chain.tried,
+                    "ref_loss": chain.ref_loss, "diverged": chain.diverged,
+                    "epochs": chain.tried * p.epochs, "layer_details": details})
         if p.blocks is not None:
             out["paper_blocks"] = {"block": p.blocks, "layers": paper,
                                    "mean": float(sum(paper.values()) / max(len(paper), 1))}

@@ -313,31 +313,6 @@ def test_every_regularizer_trains_every_family_and_changes_its_weights(family, s
 
 
 # -- every regularizer x family x volume estimator -----------------------------------------------------
-# tiny random data: the sampling chain must keep its samples (small steps, loose eps)
-ESTIMATOR_PARAMS = {"sampling": {"n_samples": 10, "sigma_u": 0.005, "eps": 10.0, "n_subsets": 16}}
-
-
-@pytest.mark.parametrize("estimator", ["sampling"])
-def test_every_combination_estimates_a_finite_volume(estimator, torch_threads):
-    reg = get_registry()
-    est_cls = reg.get("volume_estimator", estimator).cls
-    est = est_cls(est_cls.Params(**ESTIMATOR_PARAMS.get(estimator, {})))
-    import torch.nn.functional as F
-
-    from genbench.training import load_trained
-
-    for family, fparams in TINY_FAMILIES.items():
-        data = tiny_data((1, 8, 8))
-        for name, rparams in ACTIVE.items():
-            cfg = config_for(family, fparams, {name: rparams})
-            res = train_one(spec(cfg), data, reg)
-            model = load_trained(reg, cfg, data, res.final_state)
-            torch.manual_seed(0)
-            out = est.estimate(model, data, loss_fn=F.cross_entropy)
-            assert np.isfinite(out["log_vol_sum"]), (family, name)
-            assert 0 <= out["vol_per_dim_mean"] <= 1, (family, name)
-
-
 @functools.lru_cache(maxsize=None)
 def trained_tiny(family, name):
     """One tiny model of ``family`` trained with regularizer ``name`` (cached: shared by tests)."""
@@ -405,3 +380,33 @@ def test_laplace_on_every_combination_equals_the_brute_force_kronecker_volume(to
                 assert out["noise_off"]["log_vol_sum"] != pytest.approx(out["log_vol_sum"]), name
             elif name in BINDS_A_HANDLER:
                 assert out["noise_off"]["log_vol_sum"] == pytest.approx(out["log_vol_sum"], rel=1e-9)
+
+
+def test_sampling_sees_the_trained_weights_not_the_regularizers_noise(torch_threads):
+    """Every regularizer x family: the Langevin chain runs on the noise-free loss
+    (full-batch, eval mode), so removing every tap's noise handler changes nothing;
+    a finite log-volume <= 0 per layer, and the chain kept what it says."""
+    import torch.nn.functional as F
+
+    from genbench import taps
+    from genbench.training import load_trained
+
+    reg = get_registry()
+    cls = reg.get("volume_estimator", "sampling").cls
+    est = cls(cls.Params(n_samples=20, burn_in=2, thin=1, debias=False))
+    for family, fparams in TINY_FAMILIES.items():
+        data = tiny_data((1, 8, 8))
+        for name, rparams in ACTIVE.items():
+            cfg = config_for(family, fparams, {name: rparams})
+            res = train_one(spec(cfg), data, reg)
+            model = load_trained(reg, cfg, data, res.final_state)
+            torch.manual_seed(0)
+            out = est.estimate(model, data, loss_fn=F.cross_entropy)
+            for tap in taps.taps(model):
+                tap.handlers = []
+            torch.manual_seed(0)
+            bare = est.estimate(model, data, loss_fn=F.cross_entropy)
+            assert bare["layers"] == out["layers"], (family, name)
+            assert (out["kept"], out["tried"]) == (20, 22), (family, name)
+            assert all(np.isfinite(v["log_vol"]) and v["log_vol"] <= 0
+                       for v in out["layers"].values()), (family, name)
