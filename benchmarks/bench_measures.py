@@ -14,11 +14,14 @@ on the same models, and checks that both give the same answer.
     python benchmarks/bench_measures.py                       # default suite, 24 models
     python benchmarks/bench_measures.py --models 4 --threads 2
     python benchmarks/bench_measures.py --device cuda         # batched vs sequential on a GPU
+    python benchmarks/bench_measures.py --models 6 --early-exit-only --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import tempfile
 import time
@@ -101,6 +104,36 @@ def time_batching(models, n: int):
     return rows
 
 
+def time_early_exit(models, n: int):
+    """The searches with and without their early exits (same answers, fewer passes),
+    alternating on the same models: seconds, perturbed-copy evaluations, answers."""
+    from genbench import sharpness
+
+    searches = (("sigma", sharpness.SigmaParams, sharpness.sigma_search,
+                 ("depth", "draws", "envelope")),
+                ("alpha", sharpness.AlphaParams, sharpness.alpha_search,
+                 ("depth", "restarts", "steps", "step_size", "magnitude_eps")))
+    rows = []
+    for name, params_cls, search, own in searches:
+        stats = {e: {"seconds": 0.0, "evaluations": 0, "answers": []} for e in (False, True)}
+        for spec, make in models[:n]:
+            ctx = make(spec)
+            p = sharpness.resolve(params_cls(), ctx.data.n_classes)
+            kw = {k: getattr(p, k) for k in ("eps", "criterion", "lower", "upper", "seed", *own)}
+            for early in (False, True):
+                ev = sharpness.perturbed_loss(ctx, p)
+                t0 = time.perf_counter()
+                out = search(ev, early_exit=early, **kw)
+                stats[early]["seconds"] += time.perf_counter() - t0
+                stats[early]["evaluations"] += out["evaluations"]
+                stats[early]["answers"].append(out[name])
+        same = stats[True]["answers"] == stats[False]["answers"]
+        rows.append({"search": name, "models": min(n, len(models)), "same_answers": same,
+                     **{f"{k}_{'early' if e else 'full'}": v for e in (False, True)
+                        for k, v in stats[e].items() if k != "answers"}})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", default="default")
@@ -110,6 +143,9 @@ def main() -> None:
                     help="models for the batched-vs-sequential comparison")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--early-exit-only", action="store_true",
+                    help="only compare the searches with and without their early exits")
+    ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     registry = get_registry()
@@ -118,6 +154,14 @@ def main() -> None:
     store_dir = args.store or tempfile.mkdtemp(prefix="bench_measures_")
     with Store(Path(store_dir)) as store:
         models = contexts(suite, store, registry, args.models, args.device)
+        early = time_early_exit(models, args.batching_models)
+        for row in early:
+            print(json.dumps(row))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"load": os.getloadavg(), "early_exit": early},
+                                                  indent=1))
+        if args.early_exit_only:
+            return
         per, failed = time_measures(models, registry, suite.measures)
         batching = time_batching(models, args.batching_models)
     total = sum(sum(v) for v in per.values())

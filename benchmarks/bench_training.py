@@ -2,6 +2,9 @@
 
 Run: ``python benchmarks/bench_training.py`` (all sections, a few minutes on 2 cores)
 or ``--only batched,flops,threads,suite,executors``; ``--json out.json`` keeps the numbers.
+``--quick --json out.json``: only achieved vs same-shape GEMM FLOP/s, written as
+``{"gemm_limit_gflops", "configs": [{"depth", "width", "models", "achieved_gflops",
+"gemm_same_shape_gflops"}]}``.
 
 Every ratio is measured side by side in one run, repeats interleaved. On a
 machine shared with other processes wall-clock times swing; each measurement
@@ -150,6 +153,60 @@ def bench_flops(registry, archs, n_models: int, epochs: int) -> list[dict[str, A
     return rows
 
 
+def same_shape_gemm(depth: int, width: int, n_models: int, n_in: int = 40, n_classes: int = 10,
+                    batch: int = 64, reps: int = 200) -> float:
+    """FLOP/s (CPU time) of the batched matrix products of one training step, alone and
+    replayed ``reps`` times: per layer the forward (b x in) @ (in x out), the input
+    gradient (b x out) @ (out x in) (not for the first layer) and the weight gradient
+    (in x b) @ (b x out), each for ``n_models`` models at once, as torch.bmm."""
+    dims = [n_in] + [width] * depth + [n_classes]
+    ops = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        x, w, g = (torch.randn(n_models, batch, a), torch.randn(n_models, a, b),
+                   torch.randn(n_models, batch, b))
+        ops.append((x, w))
+        if i:
+            ops.append((g, w.transpose(1, 2)))
+        ops.append((x.transpose(1, 2), g))
+    flops = sum(2 * l.shape[0] * l.shape[1] * l.shape[2] * r.shape[2] for l, r in ops)
+    for l, r in ops:
+        torch.bmm(l, r)
+    best = math.inf
+    for _ in range(3):
+        c = time.process_time()
+        for _ in range(reps):
+            for l, r in ops:
+                torch.bmm(l, r)
+        best = min(best, time.process_time() - c)
+    return reps * flops / best
+
+
+def bench_quick(registry, archs, n_models: int, epochs: int, repeats: int) -> dict[str, Any]:
+    """Achieved FLOP/s of batched training (best of ``repeats``, CPU time) beside the
+    large-matmul limit and the rate of the same products alone (:func:`same_shape_gemm`)."""
+    from genbench.batched import train_batched
+
+    limit = matmul_peak()
+    configs = []
+    data_cache = DataCache(registry)
+    for depth, width in archs:
+        specs = specs_for(n_models, depth, width, epochs, registry, dropout=True)
+        data = data_cache.get(specs[0].config)
+        cpu = min(timed(train_batched, specs, data, registry, "cpu", "bmm")[2]
+                  for _ in range(repeats))
+        flops = n_models * train_flops(depth, width, data.train_x.shape[1], data.n_classes,
+                                       data.n_train, data.test_x.shape[0], 64, epochs)
+        gemm = same_shape_gemm(depth, width, n_models, data.train_x.shape[1], data.n_classes)
+        configs.append({"depth": depth, "width": width, "models": n_models,
+                        "achieved_gflops": flops / cpu / 1e9,
+                        "gemm_same_shape_gflops": gemm / 1e9,
+                        "fraction_of_same_shape": flops / cpu / gemm})
+        print(f"  {depth}x{width} N={n_models}: {flops / cpu / 1e9:.1f} GFLOP/s, same-shape "
+              f"GEMM {gemm / 1e9:.1f} ({flops / cpu / gemm:.0%}), limit {limit / 1e9:.1f}",
+              flush=True)
+    return {"gemm_limit_gflops": limit / 1e9, "configs": configs}
+
+
 def bench_threads(registry, n_models: int, epochs: int, repeats: int) -> list[dict[str, Any]]:
     """Sequential and batched training under 1 thread and under all usable cores (wall)."""
     from genbench.batched import train_batched
@@ -278,6 +335,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="only the FLOP/s figures: 24 models "
+                    "of each of 1x64, 1x128, 2x64, 2x128, one epoch (~1 minute on an idle core)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # the local executor keeps it
@@ -288,6 +347,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     only = set(args.only.split(","))
     out: dict[str, Any] = {"threads": args.threads, "cores": len(os.sched_getaffinity(0)),
                            "loadavg_start": os.getloadavg(), "torch": torch.__version__}
+    if args.quick:
+        print("achieved vs same-shape GEMM FLOP/s of batched training:", flush=True)
+        quick = [(1, 64), (1, 128), (2, 64), (2, 128)]
+        out.update(bench_quick(registry, quick, 24, 1, max(1, args.repeats)))
+        only = set()
     if "batched" in only:
         print("batched vs sequential (median of repeats):", flush=True)
         out["batched"] = bench_batched(registry, sizes, archs, args.epochs, args.repeats)

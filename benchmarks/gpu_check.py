@@ -1,19 +1,22 @@
-"""GPU check: the default suite and a 72-model batched run on CUDA.
+"""GPU check: the CUDA path end to end, models per minute, batched vs sequential, memory.
 
-Run on a machine with an NVIDIA GPU: ``python benchmarks/gpu_check.py`` (a few
-minutes; ``--quick`` times sequential training on 8 of the 72 models and scales).
-Prints, and with ``--json`` writes:
+One call on a machine with an NVIDIA GPU: ``python benchmarks/gpu_check.py --json out.json``
+(a few minutes). Prints, and with ``--json`` writes:
 
-- the default suite end to end on ``cuda`` (batched): seconds per stage and
-  trained models per minute;
-- 72 MNIST-1D MLPs (the default grid x seeds 0, 1, 2, the default recipe):
-  batched (bmm and vmap backends) and sequential ``train_one``, side by side:
-  models per minute and the batched/sequential ratio (targets: 100+ models per
-  minute, 20x over sequential);
-- batched == sequential on CUDA: the largest weight difference and whether every
-  model stopped at the same epoch (the CPU tests cannot check the CUDA RNG path).
+- ``suites``: the default suite (24 MNIST-1D MLPs, all eight measures) and a small
+  1-D CNN suite (12 CNNs, norms + sharpness + Laplace), each end to end through
+  ``genbench.run`` on the device: wall seconds, the run's ``stage_seconds`` where it
+  reports them, models trained and measured per minute, peak GPU memory;
+- ``population``: 72 MNIST-1D MLPs (the default grid x seeds 0, 1, 2) trained batched
+  (bmm and vmap) and sequentially (``--quick``: 8 sequential, scaled), side by side:
+  models per minute and the batched/sequential ratio (goals: >= 1,000 MLPs trained
+  and measured per minute, batched >= 20x sequential);
+- ``equivalence``: batched == sequential on the device (largest weight difference,
+  same stopping epochs), which the CPU tests cannot check for the CUDA RNG path.
 
-Exits with a clear message and status 2 where CUDA is not available.
+``--device cpu --dry-run`` runs the same code on a few tiny models on the CPU (seconds
+to a minute), so the script is checked where no GPU is lent. Without CUDA and without
+``--device cpu`` it exits with status 2 and a one-line message.
 """
 
 from __future__ import annotations
@@ -26,107 +29,150 @@ import time
 from pathlib import Path
 from typing import Any
 
+CNN_SUITE = {
+    "name": "gpu-check-cnn", "seeds": [0, 1],
+    "dataset": {"name": "mnist1d", "params": {"num_samples": 4000, "layout": "channels"}},
+    "model": {"name": "cnn", "params": {"width": 0.25, "activation": "relu"}},
+    "train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 64,
+              "max_epochs": 30, "lr_halve_every": 10, "stop_train_loss": 0.05},
+    "regularizers": {"dropout": {"rate": 0.0}},
+    "grid": {"regularizers.dropout.rate": [0.0, 0.15, 0.3], "train.lr": [0.05, 0.02]},
+    "measures": {"frobenius_distance": {}, "spectral_norm": {}, "path_norm": {},
+                 "sharpness_alpha": {}, "pac_sharpness": {}, "pac_s_laplace": {}},
+    "scoring": {"preset": "paper"},
+}
 
-def synced(fn, *args, **kwargs) -> tuple[Any, float]:
-    import torch
 
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
+class Device:
+    """Timing and memory on ``name`` (CUDA: synchronised, peak memory; CPU: wall only)."""
+
+    def __init__(self, name: str):
+        import torch
+
+        self.torch, self.name = torch, name
+        self.cuda = torch.device(name).type == "cuda"
+
+    def timed(self, fn, *args, **kwargs) -> tuple[Any, float]:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            self.torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if self.cuda:
+            self.torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
+    def peak_gib(self) -> float | None:
+        return self.torch.cuda.max_memory_allocated() / 2 ** 30 if self.cuda else None
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="sequential on 8 models, scaled to 72")
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args(argv)
+def shrink(suite, dry_run: bool):
+    """The dry run: 4 models, 1 epoch, 400 samples, cheap search settings."""
+    if not dry_run:
+        return suite
+    grid = {k: v[:2] if i < 2 else v[:1] for i, (k, v) in enumerate(suite.grid.items())}
+    dataset = suite.dataset.model_copy(update={"params": {**suite.dataset.params,
+                                                          "num_samples": 400}})
+    fast = {"depth": 4, "n_samples": 64}
+    measures = {m: ({**p, **fast} if m in ("sharpness_alpha", "pac_sharpness",
+                                            "pac_s_laplace", "pac_s_sampling") else p)
+                for m, p in suite.measures.items()}
+    return suite.model_copy(update={
+        "grid": grid, "dataset": dataset, "measures": measures, "seeds": [0],
+        "train": suite.train.model_copy(update={"max_epochs": 1})})
 
-    import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); "
-              "run this script on a machine with an NVIDIA GPU.", file=sys.stderr)
-        raise SystemExit(2)
-
+def run_suite(dev: Device, suite, label: str) -> dict[str, Any]:
     import genbench
-    from genbench.batched import train_batched
-    from genbench.plugins import get_registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result, wall = dev.timed(genbench.run, suite, store=Path(tmp) / "s", device=dev.name)
+    s = result["summary"]
+    row = {"suite": label, "wall_seconds": wall, "models": s["models"], "trained": s["trained"],
+           "measures_computed": s["measures_computed"], "stage_seconds": s.get("stage_seconds"),
+           "models_trained_and_measured_per_minute": s["models"] / wall * 60,
+           "peak_gpu_gib": dev.peak_gib()}
+    print(f"{label}: {s['models']} models trained and measured in {wall:.1f} s "
+          f"({row['models_trained_and_measured_per_minute']:.0f}/minute), "
+          f"stages {row['stage_seconds']}, peak GPU {row['peak_gpu_gib']}", flush=True)
+    return row
+
+
+def population(dev: Device, suite, registry, quick: bool, dry_run: bool) -> dict[str, Any]:
+    from genbench.batched import group_key, train_batched
     from genbench.population import expand
     from genbench.runner import DataCache
-    from genbench.suite import load_suite
     from genbench.training import train_one
 
-    registry = get_registry()
-    out: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    print(f"device: {out['device']}", flush=True)
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # one-off lazy imports, untimed
-
-    # 1. the default suite end to end
-    suite = load_suite("default", registry)
-    DataCache(registry).get(expand(suite, registry)[0].config)  # dataset made once, untimed
-    with tempfile.TemporaryDirectory() as tmp:
-        result, wall = synced(genbench.run, "default", store=Path(tmp) / "s", device="cuda")
-    summary = result["summary"]
-    out["default_suite"] = {"seconds": wall, "models": summary["models"],
-                            "trained": summary["trained"],
-                            "models_per_minute": summary["trained"] / wall * 60}
-    print(f"default suite: {summary['trained']} models in {wall:.1f}s end to end "
-          f"({out['default_suite']['models_per_minute']:.0f} models/minute)", flush=True)
-
-    # 2. 72 models: batched vs sequential
-    suite72 = suite.model_copy(update={"seeds": [0, 1, 2]})
-    specs = expand(suite72, registry)
-    assert len(specs) == 72, len(specs)
+    specs = expand(suite.model_copy(update={"seeds": [0] if dry_run else [0, 1, 2]}), registry)
     data = DataCache(registry).get(specs[0].config)
-    from genbench.runner import Trainer
-
-    groups = Trainer(registry, DataCache(registry), "cuda").groups(specs)
+    groups: dict[Any, list] = {}
+    for s in specs:  # a spec that cannot be stacked (key None) trains alone
+        groups.setdefault(group_key(s, registry) or s.key, []).append(s)
     timings: dict[str, float] = {}
-    batched: dict[str, list] = {}
+    results: dict[str, dict] = {}
     for backend in ("bmm", "vmap"):
-        res, t = synced(lambda: [r for g in groups
-                                 for r in train_batched(g, data, registry, "cuda", backend)])
-        batched[backend], timings[backend] = res, t
-        print(f"72 models batched ({backend}, {len(groups)} groups): {t:.1f}s "
-              f"({72 / t * 60:.0f} models/minute)", flush=True)
-    seq_specs = specs[:8] if args.quick else specs
-    seq, t_seq = synced(lambda: [train_one(s, data, registry, "cuda") for s in seq_specs])
-    t_seq_72 = t_seq * 72 / len(seq_specs)
-    timings["sequential"] = t_seq_72
-    print(f"72 models sequential: {t_seq_72:.1f}s{' (8 timed, scaled)' if args.quick else ''} "
-          f"({72 / t_seq_72 * 60:.0f} models/minute)", flush=True)
+        res, t = dev.timed(lambda: [r for g in groups.values()
+                                    for r in train_batched(g, data, registry, dev.name, backend)])
+        keys = [s.key for g in groups.values() for s in g]
+        results[backend], timings[backend] = dict(zip(keys, res)), t
+        print(f"{len(specs)} models batched ({backend}, {len(groups)} groups): {t:.1f} s "
+              f"({len(specs) / t * 60:.0f} trained/minute)", flush=True)
+    seq_specs = specs[:8] if quick else specs
+    seq, t_seq = dev.timed(lambda: [train_one(s, data, registry, dev.name) for s in seq_specs])
+    timings["sequential"] = t_seq * len(specs) / len(seq_specs)
     best = min(("bmm", "vmap"), key=timings.__getitem__)
-    out["population_72"] = {"seconds": timings, "best_backend": best,
-                            "models_per_minute_batched": 72 / timings[best] * 60,
-                            "models_per_minute_sequential": 72 / t_seq_72 * 60,
-                            "batched_over_sequential": t_seq_72 / timings[best]}
-    print(f"batched/sequential: {out['population_72']['batched_over_sequential']:.1f}x "
-          f"({best}); targets: 100+ models/minute, 20x", flush=True)
-
-    # 3. batched == sequential on CUDA (grouped order -> spec order)
-    by_key = {s.key: r for g, rs in zip(groups, _chunks(batched[best], groups)) for s, r in zip(g, rs)}
+    out = {"models": len(specs), "seconds": timings, "best_backend": best,
+           "trained_per_minute_batched": len(specs) / timings[best] * 60,
+           "trained_per_minute_sequential": len(specs) / timings["sequential"] * 60,
+           "batched_over_sequential": timings["sequential"] / timings[best],
+           "peak_gpu_gib": dev.peak_gib()}
+    print(f"sequential: {timings['sequential']:.1f} s{' (8 timed, scaled)' if quick else ''}; "
+          f"batched/sequential {out['batched_over_sequential']:.1f}x ({best})", flush=True)
     worst, same_epochs = 0.0, True
     for s, r in zip(seq_specs, seq):
-        b = by_key[s.key]
+        b = results[best][s.key]
         same_epochs &= b.metrics["epochs"] == r.metrics["epochs"]
         for k in r.final_state:
             worst = max(worst, (r.final_state[k] - b.final_state[k]).abs().max().item())
     out["equivalence"] = {"max_abs_weight_diff": worst, "same_epochs": same_epochs,
                           "models_compared": len(seq_specs)}
-    print(f"batched == sequential on CUDA: max |dW| {worst:.2e}, same epochs: {same_epochs}",
-          flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"batched == sequential: max |dW| {worst:.2e}, same epochs: {same_epochs}", flush=True)
     return out
 
 
-def _chunks(flat: list, groups: list[list]) -> list[list]:
-    out, i = [], 0
-    for g in groups:
-        out.append(flat[i:i + len(g)])
-        i += len(g)
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu")
+    ap.add_argument("--dry-run", action="store_true", help="tiny models, to check the script")
+    ap.add_argument("--quick", action="store_true", help="time sequential on 8 models, scaled")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); run it on "
+              "a machine with an NVIDIA GPU, or check the script with --device cpu --dry-run.",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+    from genbench.plugins import get_registry
+    from genbench.suite import Suite, load_suite
+
+    registry = get_registry()
+    dev = Device(args.device)
+    out: dict[str, Any] = {"device": (torch.cuda.get_device_name(torch.device(args.device))
+                                      if dev.cuda else "cpu"),
+                           "torch": torch.__version__, "dry_run": args.dry_run}
+    print(f"device: {out['device']}", flush=True)
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # one-off lazy imports, untimed
+    default = shrink(load_suite("default", registry), args.dry_run)
+    cnn = shrink(Suite(**CNN_SUITE), args.dry_run)
+    out["suites"] = [run_suite(dev, default, "default"), run_suite(dev, cnn, "cnn")]
+    out["population"] = population(dev, default, registry, args.quick, args.dry_run)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
     return out
 
 

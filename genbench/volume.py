@@ -31,6 +31,7 @@ Conventions (see docs/volume.md for the reasoning):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -284,6 +285,40 @@ def sampled_label_sqrt(logits: torch.Tensor, draws: int) -> torch.Tensor:
     return evecs * evals.clamp_min(0.0).sqrt()[:, None, :]
 
 
+def _gram(rows: torch.Tensor) -> torch.Tensor:
+    """rows^T rows in float64. On the CPU in float64: BLAS dsyrk, a symmetric rank-k
+    update that computes one triangle (half a GEMM's work; same sums up to rounding,
+    ~1e-14 relative); elsewhere a matmul."""
+    if rows.dtype != torch.float64 or rows.device.type != "cpu" or not rows.shape[0]:
+        return (rows.T @ rows).to(torch.float64)
+    from scipy.linalg import blas
+
+    # A C-ordered (N, d) array's transpose is a Fortran (d, N) one: dsyrk reads it as is.
+    upper = torch.from_numpy(blas.dsyrk(1.0, rows.contiguous().numpy().T, trans=0)).triu()
+    return upper + upper.triu(1).T
+
+
+@functools.cache
+def _blas_controller():
+    import scipy.linalg.blas  # noqa: F401 - loaded first, so the controller sees its BLAS
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # finding the loaded BLAS libraries takes ~0.1 s: once
+
+
+def _blas_threads():
+    """SciPy's BLAS (behind :func:`_gram`) limited to torch's thread count: its default,
+    every core, stalls on a shared machine."""
+    return _blas_controller().limit(limits=torch.get_num_threads(), user_api="blas")
+
+
+def _softmax_hessian_sum(logits: torch.Tensor) -> torch.Tensor:
+    """sum_s diag(p_s) - p_s p_s^T in float64: the softmax cross-entropy Hessians of a
+    batch, summed in closed form (the output layer's E[G], without square roots)."""
+    p = torch.softmax(logits.detach().to(torch.float64), dim=1)
+    return torch.diag(p.sum(0)) - p.T @ p
+
+
 def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       loss_fn: Callable | None = None, *, fisher: str = "exact",
                       mc_samples: int = 1, include_bias: bool = False, batch_size: int = 512,
@@ -332,7 +367,7 @@ def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         for p in params:
             p.requires_grad_(True)
         model.eval()
-        with taps.noise_active(model, noisy), torch.enable_grad():
+        with taps.noise_active(model, noisy), torch.enable_grad(), _blas_threads():
             for _ in range(passes):
                 for i in range(0, x.shape[0], batch_size):
                     captured.clear()
@@ -355,31 +390,38 @@ def kronecker_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                         rows = rows.to(accumulate)
                         if include_bias:
                             rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)
-                        A[name] = A.get(name, 0) + (rows.T @ rows).to(torch.float64)
+                        A[name] = A.get(name, 0) + _gram(rows)
                         if out is logits and isinstance(module, nn.Linear) and logits.dim() == 2:
                             # The output layer: its G is the output Hessian itself, in float64.
                             direct.add(name)
-                            G[name] = G.get(name, 0) + torch.einsum("bck,bdk->cd", sqrt, sqrt)
+                            G[name] = G.get(name, 0) + (
+                                _softmax_hessian_sum(logits) if fisher == "exact" and cross_entropy
+                                else torch.einsum("bck,bdk->cd", sqrt, sqrt))
                         else:
                             back.append((name, module))
                     if back:
                         outs = [captured[n][1] for n, _ in back]
                         cols = sqrt.to(logits.dtype)
                         k_cols = cols.shape[2]
-                        per_layer: list[list[torch.Tensor]] = [[] for _ in back]
+                        # Each layer's rows for all columns go straight into one buffer
+                        # of the Gram's dtype (no list, no concatenation, one conversion).
+                        bufs: list[torch.Tensor | None] = [None] * len(back)
                         for k in range(k_cols):
                             grads = torch.autograd.grad(logits, outs, cols[:, :, k],
                                                         retain_graph=k < k_cols - 1,
                                                         allow_unused=True)
                             for j, ((name, module), g) in enumerate(zip(back, grads)):
-                                if g is not None:
-                                    per_layer[j].append(_output_rows(module, g))
-                        for (name, module), rows_k in zip(back, per_layer):
+                                if g is None:
+                                    continue
+                                rows = _output_rows(module, g)
+                                if bufs[j] is None:
+                                    bufs[j] = rows.new_empty((k_cols * rows.shape[0], rows.shape[1]),
+                                                             dtype=accumulate)
+                                bufs[j][k * rows.shape[0]:(k + 1) * rows.shape[0]].copy_(rows)
+                        for (name, module), buf in zip(back, bufs):
                             size = captured[name][1].shape[1]
-                            rows = (torch.cat(rows_k).to(accumulate) if rows_k
-                                    else torch.zeros(0, size, dtype=accumulate))
-                            gram = (rows.T @ rows).to(torch.float64)
-                            G[name] = G.get(name, 0) + gram / locations[name]
+                            rows = buf if buf is not None else torch.zeros(0, size, dtype=accumulate)
+                            G[name] = G.get(name, 0) + _gram(rows) / locations[name]
                     n_total += xb.shape[0]
     finally:
         for h in handles:

@@ -212,3 +212,32 @@ def test_shape_matches_a_load_without_loading(tmp_path):
         if name != "mnist":  # mnist's shape() gives the official sizes, the fixture is tiny
             assert (s["n_train"], s["n_test"]) == (d.n_train, d.test_x.shape[0])
         assert tuple(s["input_shape"]) == d.input_shape and s["n_classes"] == d.n_classes
+
+
+def test_generated_mnist1d_is_cached_on_disk_and_checked(tmp_path, monkeypatch, caplog):
+    """The truth is the generator itself: a cached load equals a fresh generation, and a
+    damaged cache file is detected by its SHA-256 and regenerated."""
+    monkeypatch.setenv("GENBENCH_DATA", str(tmp_path))
+    MNIST1D = get_registry().get("dataset", "mnist1d").cls  # noqa: N806
+    ds = MNIST1D(MNIST1D.Params(num_samples=200))
+    fresh = ds.generate()
+    first = ds.load()
+    files = list((tmp_path / "generated").glob("mnist1d-*.npz"))
+    assert len(files) == 1
+    monkeypatch.setattr(MNIST1D, "generate", lambda self: pytest.fail("regenerated"))
+    again = ds.load()
+    assert torch.equal(again.train_x, first.train_x) and torch.equal(again.test_y, first.test_y)
+    assert np.array_equal(first.train_x.numpy(), fresh["x"].astype(np.float32))
+    # Damage the cached data (same shapes, one value changed): it must be regenerated.
+    with np.load(files[0]) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["x"][0, 0] += 1.0
+    np.savez(files[0], **arrays)
+    monkeypatch.setattr(MNIST1D, "generate", lambda self: fresh)
+    with caplog.at_level("WARNING"):
+        repaired = ds.load()
+    assert "integrity" in caplog.text
+    assert torch.equal(repaired.train_x, first.train_x)
+    # Other generator settings get their own file.
+    MNIST1D(MNIST1D.Params(num_samples=200, generator_seed=1)).load()
+    assert len(list((tmp_path / "generated").glob("mnist1d-*.npz"))) == 2

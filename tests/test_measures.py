@@ -302,6 +302,51 @@ def test_alpha_search_on_a_network_brackets_the_eps_rise():
     assert measure("sharpness_alpha", ctx, **FAST_ALPHA) == 1 / lo ** 2
 
 
+# -- early exits: the same answer from fewer passes ---------------------------------
+
+
+@pytest.mark.parametrize("criterion", ["loss", "error"])
+def test_early_exits_leave_both_searches_answers_unchanged(criterion):
+    """The exhaustive searches (every draw, start and step evaluated) are the truth."""
+    ctx = make_ctx(mlp_config(widths=[8]), tiny_data(), trained_steps=60)
+    for search, params, key in ((sharpness.sigma_search, sharpness.SigmaParams, "sigma"),
+                                (sharpness.alpha_search, sharpness.AlphaParams, "alpha")):
+        p = sharpness.resolve(params(depth=12, n_samples=48, criterion=criterion), 3)
+        kw = {"draws": 6} if key == "sigma" else {"restarts": 3, "steps": 6}
+        runs = {}
+        for early in (False, True):
+            ev = sharpness.perturbed_loss(ctx, p)
+            runs[early] = search(ev, eps=p.eps, criterion=criterion, depth=12, early_exit=early,
+                                 **kw)
+        assert runs[True][key] == runs[False][key] and 0 < runs[True][key] < 2
+        assert runs[True]["bracket"] == runs[False]["bracket"]
+        assert runs[True]["evaluations"] < runs[False]["evaluations"]
+        full = {s: dev for s, dev in runs[False]["probes"]}
+        for s, dev in runs[True]["probes"]:  # a settled probe records a bound on the full one
+            assert (dev <= p.eps) == (full[s] <= p.eps)
+
+
+def test_an_ascent_at_its_fixed_point_stops_with_the_same_worst_case():
+    """In a box small enough that the gradient's sign never changes, every start reaches
+    the box corner (within 2 / step_size steps) and stays: the rest is not evaluated."""
+    g = torch.Generator().manual_seed(3)
+    h, c = 0.5 + torch.rand(30, generator=g), torch.randn(30, generator=g) + 3.0
+    full = sharpness.ascent(quadratic_loss(h, c), 0.05, restarts=3, steps=20, early_exit=False)
+    fast = sharpness.ascent(quadratic_loss(h, c), 0.05, restarts=3, steps=20)
+    corner = 0.3 + 0.5 * (h * (0.05 * (c.abs() + 1e-3)) ** 2).sum().item()
+    assert fast["worst"] == full["worst"] == pytest.approx(corner, rel=1e-5)
+    assert len(fast["trace"]) <= 10 < len(full["trace"]) == 21
+
+
+def test_cross_entropy_is_the_only_loss_given_a_floor():
+    data = tiny_data()
+    ce = sharpness.PerturbedLoss(nn.Linear(5, 3), ["weight"], data.train_x, data.train_y)
+    assert ce.loss_floor == 0.0
+    other = sharpness.PerturbedLoss(nn.Linear(5, 3), ["weight"], data.train_x, data.train_y,
+                                    loss_fn=lambda o, y: o.mean())
+    assert other.loss_floor == -math.inf
+
+
 # -- eps defaults -------------------------------------------------------------------
 
 
