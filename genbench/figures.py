@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 110
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
@@ -24,9 +25,10 @@ plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
                      "axes.spines.top": False, "axes.spines.right": False})
 
 
-def palette(values: list[Any]) -> dict[Any, Any]:
-    """A colour per distinct value: ordered (viridis) for numbers, categorical otherwise."""
-    distinct = sorted(set(values), key=lambda v: (str(type(v)), v))
+def palette(values: list[Any], ordered: bool = False) -> dict[Any, Any]:
+    """A colour per distinct value: ordered (viridis) for numbers, categorical otherwise
+    (in order of first appearance when ``ordered``, else sorted)."""
+    distinct = list(dict.fromkeys(values)) if ordered else sorted(set(values), key=lambda v: (str(type(v)), v))
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in distinct):
         cmap = plt.get_cmap("viridis")
         n = max(len(distinct) - 1, 1)
@@ -137,6 +139,7 @@ def volume_during_training(curves: dict[str, dict[int, list[float]]], colours: d
         ax.fill_between(epochs, [min(v) for v in vals], [max(v) for v in vals],
                         color=colours[cond], alpha=0.2)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("volume per dimension")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
@@ -212,6 +215,7 @@ def train_loss(models: list[dict], target: float | None, colour_key: str, colour
                 va="bottom", fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("train cross-entropy (eval mode)")
     handles = [plt.Line2D([], [], color=c, label=str(v)) for v, c in colours.items()]
     ax.legend(handles=handles, title=colour_name, loc="center left", bbox_to_anchor=(1.0, 0.5),

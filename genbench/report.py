@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sqlite3
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -224,7 +225,7 @@ def to_markdown(doc: Doc, base: Path) -> str:
             out.append("\n".join(lines))
         elif b[0] == "figure":
             rel = os.path.relpath(b[1], base).replace(os.sep, "/")
-            out.append(f"![{b[2].split('.')[0]}]({rel})\n\n*{b[2]}*")
+            out.append(f"![{Path(b[1]).stem}]({rel})\n\n*{b[2]}*")
     return "\n\n".join(out) + "\n"
 
 
@@ -327,8 +328,8 @@ def provenance(doc: Doc, run: RunData) -> None:
     s, res, summary = run.suite, run.result, run.row["summary"] or {}
     digest = hashlib.sha256(json.dumps(run.row["suite_json"], sort_keys=True).encode()).hexdigest()
     conv = [m.get("converged") for m in run.models]
-    converged = (f"{sum(c is True for c in conv)}" if any(c is not None for c in conv)
-                 else "not in this run")
+    converged = (f"{sum(c is True for c in conv)} converged ({left_out_note(run)})"
+                 if any(c is not None for c in conv) else "convergence: not in this run")
     versions = summary.get("versions") or {}
     plugins = sorted({(p.get("plugin", "?"), p.get("plugin_version", "?")) for p in run.provenance})
     components = sorted({f"{p.get('kind')}:{p.get('name')} v{p.get('version')}" for p in run.provenance})
@@ -343,7 +344,7 @@ def provenance(doc: Doc, run: RunData) -> None:
         f"seeds: {', '.join(map(str, s.seeds))}; grid: "
         + (", ".join(f"{_names(run)[h]} {_grid_values(run, h)}" for h in s.hyperparameters()) or "none"),
         f"models: {len(run.row['model_keys'])} in the run, {len(run.models)} trained, "
-        f"{len(run.failed)} failed, converged: {converged} ({left_out_note(run)})",
+        f"{len(run.failed)} failed, {converged}",
         f"versions: genbench {versions.get('genbench', _version('genbench') + ' (at report time)')}, "
         f"torch {versions.get('torch', _version('torch') + ' (at report time)')}; plugins: "
         + ", ".join(f"{n} {v}" for n, v in plugins),
@@ -461,12 +462,13 @@ def figure_sections(doc: Doc, run: RunData, out: Path, advance: Callable[[str], 
     curves = fg.group_curves(models, condition(run))
     if curves:
         p = path("volume-training")
-        fg.volume_during_training(curves, fg.palette(list(curves)), p)
+        fg.volume_during_training(curves, fg.palette(list(curves), ordered=True), p)
         est = {e.get("volume", {}).get("estimator") for m in models for e in m["history"]
                if isinstance(e.get("volume"), dict)} - {None}
         doc.figure(p, f"Weight volume during training ({', '.join(sorted(est)) or 'tracked'} "
                    "estimator, per-dimension volume, mean over layers), per training condition: line = "
-                   "mean over seeds, band = min to max (the paper's Figure 2).")
+                   "mean over the condition's models (seeds and other grid values), band = min to max "
+                   "(the paper's Figure 2).")
         drawn += 1
     else:
         doc.p("Volume during training: not in this suite (`[train.track_volume]` not set).")
@@ -520,10 +522,10 @@ def figure_sections(doc: Doc, run: RunData, out: Path, advance: Callable[[str], 
 def _share_text(models: list[dict], pac: list[str]) -> str:
     out = []
     for n in pac:
-        shares = sorted(p["volume_term"] / sum(p.values()) for m in models
-                        if (p := (m.get("parts") or {}).get(n)) and "volume_term" in p and sum(p.values()))
+        shares = [p["volume_term"] / sum(p.values()) for m in models
+                  if (p := (m.get("parts") or {}).get(n)) and "volume_term" in p and sum(p.values())]
         if shares:
-            out.append(f"{n}: the volume term is a median {shares[len(shares) // 2]:.1%} of the value")
+            out.append(f"{n}: the volume term is a median {statistics.median(shares):.1%} of the value")
     return "; ".join(out) + ("." if out else "")
 
 
@@ -576,8 +578,8 @@ def findings_section(doc: Doc, run: RunData) -> list[fnd.Finding]:
         if f.verdict is None:
             rows.append([f.claim, f"not in this suite: {f.why}", "—"])
         else:
-            rows.append([f.claim, "; ".join(f"{p.label}: {p.numbers} → {p.verdict}" for p in f.parts),
-                         f"**{f.verdict}**"])
+            numbers = "; ".join(f"{p.label}: {p.numbers} → {p.verdict}" for p in f.parts)
+            rows.append([f.claim, numbers + (f" ({f.note})" if f.note else ""), f"**{f.verdict}**"])
     doc.table(["claim (science.md section 6)", "numbers behind it", "verdict"], rows)
     doc.p(f"On {len(scored(run))} models ({left_out_note(run)}). Rule: " + fnd.RULE)
     return found
