@@ -127,21 +127,22 @@ def volume_by_condition(conditions: list[str], numeric: list[float] | None,
     _save(fig, path)
 
 
-def volume_during_training(curves: dict[str, dict[int, list[float]]], colours: dict[str, Any],
-                           path: Path) -> None:
-    """The tracked volume against the epoch, per condition: mean over seeds, band = min-max."""
+def volume_during_training(curves: dict[Any, dict[int, list[float]]], colours: dict[Any, Any],
+                           title: str, path: Path) -> None:
+    """The tracked volume against the epoch, per condition (or per value of ``title``, e.g.
+    the dropout rate): mean over its models, band = min to max."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for cond, per_epoch in curves.items():
         epochs = sorted(per_epoch)
         vals = [per_epoch[e] for e in epochs]
         mean = [np.mean(v) for v in vals]
-        ax.plot(epochs, mean, marker="o", color=colours[cond], label=cond)
+        ax.plot(epochs, mean, marker="o", color=colours[cond], label=str(cond))
         ax.fill_between(epochs, [min(v) for v in vals], [max(v) for v in vals],
                         color=colours[cond], alpha=0.2)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("volume per dimension")
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.legend(title=title or None, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     _save(fig, path)
 
@@ -168,7 +169,7 @@ def mi_by_omega(board: dict[str, dict], signed: Any, path: Path) -> None:
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("MI with the gap × sign of Kendall's τ")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(ks), frameon=False)
     fig.tight_layout()
     _save(fig, path)
 
@@ -224,8 +225,8 @@ def train_loss(models: list[dict], target: float | None, colour_key: str, colour
     _save(fig, path)
 
 
-def group_curves(models: list[dict], condition: Any) -> dict[str, dict[int, list[float]]]:
-    """condition label -> epoch -> tracked vol/dim values (over seeds)."""
+def group_curves(models: list[dict], condition: Any) -> dict[Any, dict[int, list[float]]]:
+    """condition(model) -> epoch -> the tracked vol/dim values of its models."""
     out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for m in models:
         for e in m.get("history") or []:

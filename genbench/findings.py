@@ -25,21 +25,23 @@ LEVEL = 0.95
 #: "Barely changes" means within this fraction of dropout's mean volume change in the same run.
 BARELY = 0.25
 
-RULE = (
-    "Each effect is a mean over matched units with a 95% Student-t interval over the units. "
-    "A unit is one model minus its twin (the model of the same seed and the same other "
-    "hyperparameters with every regularizer off) or, for a trend, the least-squares slope within "
-    "one group of models that differ only in the dropout rate. A directional claim **holds** when "
-    "the interval excludes 0 on the side the paper predicts, is **refuted** when it excludes 0 on "
-    "the other side, and is **inconclusive** otherwise or with fewer than 2 units. \"Barely "
-    f"changes\" holds when the interval lies inside ±δ, δ = {BARELY:g} × dropout's mean volume "
-    "change in the same run, is refuted when it lies wholly outside ±δ, inconclusive otherwise. "
-    "\"Highest MI\" compares the best PAC-S measure P with the best other measure O (MI with the "
-    "gap signed by Kendall's tau, so a measure that ranks backwards scores below 0): holds when P "
-    "leads and P's bootstrap interval lies above O's value, refuted when O leads and P's interval "
-    "lies below O's value, inconclusive otherwise or without intervals (\"lowest sign-error\" "
-    "likewise, reversed). A claim with several parts (levels, |ω|, estimators) holds when every "
-    "part holds, is refuted when any part is refuted, and is inconclusive otherwise.")
+RULE = [
+    "Each effect is a mean over matched units with a 95% Student-t interval over the units. A unit "
+    "is one model minus its twin (the model of the same seed and the same other hyperparameters with "
+    "every regularizer off) or, for a trend, the least-squares slope within one group of models that "
+    "differ only in the dropout rate.",
+    "A directional claim **holds** when the interval excludes 0 on the side the paper predicts, is "
+    "**refuted** when it excludes 0 on the other side, and is **inconclusive** otherwise or with "
+    "fewer than 2 units.",
+    f"\"Barely changes\" holds when the interval lies inside ±δ, δ = {BARELY:g} × dropout's mean "
+    "volume change in the same run, is refuted when it lies wholly outside ±δ, inconclusive otherwise.",
+    "\"Highest MI\" compares the best PAC-S measure P with the best other measure O (MI with the gap "
+    "signed by Kendall's τ, so a measure that ranks backwards scores below 0): holds when P leads and "
+    "P's bootstrap interval lies above O's value, refuted when O leads and P's interval lies below "
+    "O's value, inconclusive otherwise or without intervals; \"lowest sign-error\" likewise, reversed.",
+    "A claim with several parts (levels, |ω|, estimators) holds when every part holds, is refuted "
+    "when any part is refuted, and is inconclusive otherwise.",
+]
 
 
 @dataclass(frozen=True)
@@ -393,7 +395,7 @@ def leaderboard_findings(board: dict[str, dict], against: list[str]) -> list[Fin
                     "the gap at |ω| = 0, 1, 2 (Table 2).", [(f"mi.{k}", f"signed MI with the gap, |ω|={k}")
                                                             for k in ks]),
         pac_s_leads(board, "pac-s-dropout", "PAC-S has by far the highest MI with dropout (Table 2).",
-                    [(f"mi_hparam.{h}", f"MI with {h}") for h in drop]),
+                    [(f"mi_hparam.{h}", f"MI with {h.split('.', 1)[1]}") for h in drop]),
         pac_s_leads(board, "pac-s-sign-error", "PAC-S has the lowest average sign-error (Table 14).",
                     [("sign_error", "average sign-error")], higher=False),
     ]

@@ -100,7 +100,6 @@ class RunData:
     volume_sources: dict[str, str] = field(default_factory=dict)
     provenance: list[dict[str, str]] = field(default_factory=list)
     measure_seconds: dict[str, float] = field(default_factory=dict)
-    train_seconds: float = 0.0
     slug: str = ""
 
 
@@ -130,7 +129,6 @@ def load_run(store: str | Path, row: dict[str, Any], bootstrap: int | None = Non
     for m in run.models:
         s = stored[m["key"]]
         m["history"] = (s["metrics"] or {}).get("history", [])
-        m["train_seconds"] = s["seconds"]
         m["volume"], m["volume_noise_off"] = {}, {}
         for est, data in volumes.get(m["key"], {}).items():
             m["volume"][est] = data.get("vol_per_dim_mean")
@@ -147,7 +145,6 @@ def load_run(store: str | Path, row: dict[str, Any], bootstrap: int | None = Non
     for r in results:
         if r["kind"] == "measure" and r["name"] in suite.measures and r["seconds"]:
             run.measure_seconds[r["name"]] = run.measure_seconds.get(r["name"], 0.0) + r["seconds"]
-    run.train_seconds = sum(m["seconds"] or 0.0 for m in stored.values())
     return run
 
 
@@ -245,7 +242,7 @@ th{background:#f3f3f3}td{font-variant-numeric:tabular-nums}figure{margin:14px 0}
 img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#444;margin-top:4px}
 code{background:#f4f4f4;padding:1px 4px;border-radius:3px;font-size:13px}
 .holds{color:#116611;font-weight:bold}.refuted{color:#b00020;font-weight:bold}
-.inconclusive{color:#8a6d00;font-weight:bold}"""
+.inconclusive{color:#8a6d00;font-weight:bold}.ci{font-size:11px;color:#555;white-space:nowrap}"""
 
 
 def to_html(doc: Doc, title: str) -> str:
@@ -260,7 +257,7 @@ def to_html(doc: Doc, title: str) -> str:
             out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
         elif b[0] == "table":
             head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
-            body = "".join("<tr>" + "".join(f"<td>{_verdict_span(_inline(c))}</td>" for c in r)
+            body = "".join("<tr>" + "".join(f"<td>{_cell_html(c)}</td>" for c in r)
                            + "</tr>" for r in b[2])
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif b[0] == "figure":
@@ -272,8 +269,12 @@ def to_html(doc: Doc, title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _verdict_span(cell: str) -> str:
-    return re.sub(r"<b>(holds|refuted|inconclusive)</b>", r"<span class='\1'>\1</span>", cell)
+def _cell_html(cell: str) -> str:
+    """A table cell: a verdict in its colour; a number's interval on its own smaller line."""
+    text = _inline(cell)
+    text = re.sub(r"<b>(holds|refuted|inconclusive)</b>", r"<span class='\1'>\1</span>", text)
+    return re.sub(r"^(<b>)?(\S+) (\[[^\]]+\])(</b>)?$",
+                  lambda m: f"{m[1] or ''}{m[2]}<br><span class='ci'>{m[3]}</span>{m[4] or ''}", text)
 
 
 # -- formatting helpers ---------------------------------------------------------------------------
@@ -309,6 +310,18 @@ def condition(run: RunData) -> Callable[[dict], str]:
     return label
 
 
+def condition_axis(run: RunData, models: list[dict]) -> tuple[Callable[[dict], Any], list, bool, str]:
+    """How the volume figures group models: (level of a model, levels, numeric?, axis label).
+    By the dropout rate when it is the only regularizer the grid varies, else by condition."""
+    names = _names(run)
+    dkey = fnd.dropout_key(models)
+    reg_keys = {k for m in models for k in m["hparams"] if fnd.regularizer_of(k)}
+    if dkey and reg_keys == {dkey}:
+        return (lambda m: m["hparams"][dkey]), sorted({m["hparams"][dkey] for m in models}), True, names[dkey]
+    label = condition(run)
+    return label, list(dict.fromkeys(label(m) for m in models)), False, "training condition"
+
+
 def scored(run: RunData) -> list[dict]:
     """The models the scores (and the findings) use: unconverged ones left out unless the
     suite includes them."""
@@ -317,10 +330,11 @@ def scored(run: RunData) -> list[dict]:
 
 
 def left_out_note(run: RunData) -> str:
+    """One sentence: how many unconverged models the scores and findings leave out."""
     n = len(run.models) - len(scored(run))
     if not any("converged" in m for m in run.models):
-        return "convergence flag not in this run (no model left out)"
-    return f"{n} unconverged model{'s' if n != 1 else ''} left out" if n else "no model left out"
+        return "No model left out (the convergence flag is not in this run)."
+    return f"{n} unconverged model{'s' if n != 1 else ''} left out." if n else "No model left out."
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -328,8 +342,8 @@ def provenance(doc: Doc, run: RunData) -> None:
     s, res, summary = run.suite, run.result, run.row["summary"] or {}
     digest = hashlib.sha256(json.dumps(run.row["suite_json"], sort_keys=True).encode()).hexdigest()
     conv = [m.get("converged") for m in run.models]
-    converged = (f"{sum(c is True for c in conv)} converged ({left_out_note(run)})"
-                 if any(c is not None for c in conv) else "convergence: not in this run")
+    converged = (f"{sum(c is True for c in conv)} converged" if any(c is not None for c in conv)
+                 else "convergence: not in this run")
     versions = summary.get("versions") or {}
     plugins = sorted({(p.get("plugin", "?"), p.get("plugin_version", "?")) for p in run.provenance})
     components = sorted({f"{p.get('kind')}:{p.get('name')} v{p.get('version')}" for p in run.provenance})
@@ -350,8 +364,8 @@ def provenance(doc: Doc, run: RunData) -> None:
         + ", ".join(f"{n} {v}" for n, v in plugins),
         "components: " + ", ".join(components),
         f"device: {summary.get('device', 'not in this run')}",
-        f"wall time: {summary.get('seconds', 'n/a')} s in all ({stage_text}); stored compute: "
-        f"training {run.train_seconds:.1f} s over the models" + (f"; measures {measure_time}" if measure_time else ""),
+        f"wall time: {summary.get('seconds', 'n/a')} s in all ({stage_text})"
+        + (f"; stored measure seconds, summed over models: {measure_time}" if measure_time else ""),
     ])
     for m in run.failed[:5]:
         doc.p(f"Failed model `{m['key'][:10]}` ({_hp_text(run, m['hparams'])}): "
@@ -403,7 +417,7 @@ def leaderboard_table(doc: Doc, run: RunData) -> None:
     notes = board.get("notes") or {}
     doc.p(f"Preset `{board.get('preset')}`; gap: {o.get('gap')}; MI "
           f"{'normalized' if o.get('normalize') else 'unnormalized'}; ties: {o.get('tie_rule')}; "
-          f"{_interval_text(o)}; {left_out_note(run)}. MI columns (GG ωk, minGG) are signed by the "
+          f"{_interval_text(o)}. {left_out_note(run)} MI columns (GG ωk, minGG) are signed by the "
           "measure's direction with the gap (dir: sign of Kendall's τ), so a measure that ranks "
           "models backwards reads below 0; the best value of each column is bold. "
           + lb.LEGEND + "." + "".join(f" {k}: {v}." for k, v in notes.items()))
@@ -459,10 +473,13 @@ def figure_sections(doc: Doc, run: RunData, out: Path, advance: Callable[[str], 
     advance("volume")
 
     # 3. volume during training (Figure 2)
-    curves = fg.group_curves(models, condition(run))
+    key_of, levels, numeric, xlabel = condition_axis(run, models)
+    curves = fg.group_curves(models, key_of)
     if curves:
         p = path("volume-training")
-        fg.volume_during_training(curves, fg.palette(list(curves), ordered=True), p)
+        curves = {lv: curves[lv] for lv in levels if lv in curves}
+        fg.volume_during_training(curves, fg.palette(list(curves), ordered=not numeric),
+                                  xlabel if numeric else "", p)
         est = {e.get("volume", {}).get("estimator") for m in models for e in m["history"]
                if isinstance(e.get("volume"), dict)} - {None}
         doc.figure(p, f"Weight volume during training ({', '.join(sorted(est)) or 'tracked'} "
@@ -480,8 +497,8 @@ def figure_sections(doc: Doc, run: RunData, out: Path, advance: Callable[[str], 
         fg.mi_by_omega(board, fnd.signed, p)
         o = run.result.get("scoring", {}).get("options", {})
         doc.figure(p, f"MI with the loss gap per measure and |ω| (mean over the conditioning subsets), "
-                   f"signed by the sign of Kendall's τ; whiskers: {_interval_text(o)}; "
-                   f"{left_out_note(run)}.")
+                   f"signed by the sign of Kendall's τ; whiskers: {_interval_text(o)}. "
+                   f"{left_out_note(run)}")
         drawn += 1
     else:
         doc.p("MI per measure: not in this run (no leaderboard).")
@@ -536,17 +553,8 @@ def _volume_figure(doc: Doc, run: RunData, p: Path, fg: Any) -> int:
         doc.p("Weight volume by condition: not in this suite (no volume estimate stored: add a "
               "measure that reads one, e.g. pac_s_laplace, or `[train.track_volume]`).")
         return 0
-    names = _names(run)
-    dkey = fnd.dropout_key(models)
-    reg_keys = {k for m in models for k in m["hparams"] if fnd.regularizer_of(k)}
-    if dkey and reg_keys == {dkey}:  # the dropout rate is the only regularizer: a numeric axis
-        levels = sorted({m["hparams"][dkey] for m in models})
-        key_of, labels, numeric, xlabel = (lambda m: m["hparams"][dkey]), levels, levels, names[dkey]
-    else:
-        label = condition(run)
-        labels = list(dict.fromkeys(label(m) for m in models))
-        key_of, numeric, xlabel = label, None, "training condition"
-        levels = labels
+    key_of, levels, numeric, xlabel = condition_axis(run, models)
+    labels = levels
     series: dict[str, dict[str, list[list[float]]]] = {}
     for e in ests:
         lines = {"factor noise on" if any(e in m["volume_noise_off"] for m in models) else e:
@@ -555,7 +563,7 @@ def _volume_figure(doc: Doc, run: RunData, p: Path, fg: Any) -> int:
             lines["factor noise off"] = [[m["volume_noise_off"].get(e) for m in models
                                           if key_of(m) == lv] for lv in levels]
         series[e] = lines
-    fg.volume_by_condition([str(x) for x in labels], numeric, series, xlabel, p)
+    fg.volume_by_condition([str(x) for x in labels], levels if numeric else None, series, xlabel, p)
     per = {lv: sum(key_of(m) == lv for m in models) for lv in levels}
     src = "; ".join(f"{e}: {run.volume_sources.get(e, 'final weights')}" for e in ests)
     doc.figure(p, f"Weight volume (per-dimension volume, mean over layers) by {xlabel}, per estimator "
@@ -564,7 +572,7 @@ def _volume_figure(doc: Doc, run: RunData, p: Path, fg: Any) -> int:
                "models, pooling seeds and the other grid values). "
                + ("Laplace with its dropout noise in the factors on and off: the gap between the two "
                   "lines is the estimator's share. " if any(m["volume_noise_off"] for m in models)
-                  else "Factor noise off: not in this run. ") + left_out_note(run) + ".")
+                  else "Factor noise off: not in this run. ") + left_out_note(run))
     return 1
 
 
@@ -581,7 +589,8 @@ def findings_section(doc: Doc, run: RunData) -> list[fnd.Finding]:
             numbers = "; ".join(f"{p.label}: {p.numbers} → {p.verdict}" for p in f.parts)
             rows.append([f.claim, numbers + (f" ({f.note})" if f.note else ""), f"**{f.verdict}**"])
     doc.table(["claim (science.md section 6)", "numbers behind it", "verdict"], rows)
-    doc.p(f"On {len(scored(run))} models ({left_out_note(run)}). Rule: " + fnd.RULE)
+    doc.p(f"On {len(scored(run))} models. {left_out_note(run)} The rule:")
+    doc.list(fnd.RULE)
     return found
 
 
