@@ -408,6 +408,32 @@ def _volume_table(report: dict[str, Any], estimator: str) -> None:
 
 
 @app.command()
+def report(
+    store: STORE = DEFAULT_STORE,
+    run_ids: Annotated[Optional[list[int]], typer.Option("--run", help="run id (repeatable; default: the last run of each suite in the store)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="directory for report.md, report.html and the figures")] = Path("report"),
+    bootstrap: Annotated[Optional[int], typer.Option(min=0, help="bootstrap resamples for the intervals (default: the suite's, or 200)")] = None,
+) -> None:
+    """Write a run's report: provenance, leaderboard, figures and a verdict per finding."""
+    from genbench.report import ReportError, pick_runs, report as write_report, stored_runs
+
+    try:
+        pick_runs(stored_runs(store), run_ids, store)  # bad input is one line, before any work
+    except ReportError as exc:
+        fail(str(exc))
+    with friendly_errors():
+        bars, progress = rich_progress()
+        try:
+            result = write_report(store, runs=run_ids, out=out, bootstrap=bootstrap, progress=progress)
+        finally:
+            if bars.live.is_started:
+                bars.stop()
+    verdicts = [v for r in result["runs"] for v in r["findings"].values() if v]
+    err.print(f"{result['markdown']}, {result['html']} and {len(result['figures'])} figures; "
+              f"{len(verdicts)} findings with a verdict", highlight=False)
+
+
+@app.command()
 def suites(json_path: Annotated[Optional[str], json_option("the list")] = None) -> None:
     """List the registry's suites with their model counts and estimated run time here."""
     with friendly_errors():
