@@ -79,8 +79,14 @@ class Trainer:
     (a debug log says why) or fails on it (a warning says so), one model at a time
     by :func:`genbench.training.train_one`. Returns one result or exception per spec."""
 
+    max_group = 512  # models per stack (bounds memory on big populations)
+
     def __init__(self, registry: Registry, data: DataCache, device: str, batching: bool = True):
         self.registry, self.data, self.device, self.batching = registry, data, device, batching
+
+    def groups(self, jobs: list[ModelSpec]) -> list[list[ModelSpec]]:
+        """:func:`groups` with this trainer's registry and batching."""
+        return groups(jobs, self.registry, self.batching, self.max_group)
 
     def train_group(self, group: list[ModelSpec]) -> list[Any]:
         if self.batching and len(group) > 1:
