@@ -32,8 +32,7 @@ def _first_of_each_kind(errors: list[tuple[str, str]]) -> list[str]:
 
 def suite_value_keys(suite: Any, model_keys: list[str], registry: Any) -> dict[str, str]:
     """{result key: measure name} of every value the suite asks for."""
-    from genbench.keys import measure_key
-    from genbench.runner import suite_measures
+    from genbench.keys import measure_key, suite_measures
 
     measures = suite_measures(suite, registry)
     return {measure_key(k, name, version, params): name for k in model_keys

@@ -413,6 +413,7 @@ def report(
     run_ids: Annotated[Optional[list[int]], typer.Option("--run", help="run id (repeatable; default: the last run of each suite in the store)")] = None,
     out: Annotated[Path, typer.Option("--out", help="directory for report.md, report.html and the figures")] = Path("report"),
     bootstrap: Annotated[Optional[int], typer.Option(min=0, help="bootstrap resamples for the intervals (default: the suite's, or 200)")] = None,
+    json_path: Annotated[Optional[str], json_option("what was written, with each finding's verdict")] = None,
 ) -> None:
     """Write a run's report: provenance, leaderboard, figures and a verdict per finding."""
     from genbench.report import ReportError, pick_runs, report as write_report, stored_runs
@@ -428,6 +429,7 @@ def report(
         finally:
             if bars.live.is_started:
                 bars.stop()
+    emit_json(result, json_path)
     verdicts = [v for r in result["runs"] for v in r["findings"].values() if v]
     err.print(f"{result['markdown']}, {result['html']} and {len(result['figures'])} figures; "
               f"{len(verdicts)} findings with a verdict", highlight=False)

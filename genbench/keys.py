@@ -97,3 +97,12 @@ def still_valid(model: str, deps: list[Lookup], registry: Any, settings: dict[st
         except Exception:  # noqa: BLE001 - unresolvable today: recompute, and report it then
             return False
     return True
+
+
+def suite_measures(suite: Any, registry: Any) -> list[tuple[str, dict[str, Any], str, dict]]:
+    """(name, raw params, version, identity params) of each measure of the suite."""
+    out = []
+    for name, raw in suite.measures.items():
+        cls = registry.get("measure", name).cls
+        out.append((name, dict(raw), str(cls.version), cls.Params(**raw).identity()))
+    return out

@@ -397,7 +397,8 @@ def leaderboard_table(doc: Doc, run: RunData) -> None:
     if not board["leaderboard"]:
         doc.p("Leaderboard: not in this run (fewer than 3 trained models).")
         return
-    cols = lb.columns(board)
+    shown = lb.columns(board, wide=True)
+    cols = [(c.id, c.header, c.path, c.better) for c in shown]
     entries = board["leaderboard"]
     values = {n: {path: fnd.signed(e, path) for _, _, path, _ in cols} for n, e in entries.items()}
     best = {}
@@ -420,7 +421,7 @@ def leaderboard_table(doc: Doc, run: RunData) -> None:
           f"{_interval_text(o)}. {left_out_note(run)} MI columns (GG ωk, minGG) are signed by the "
           "measure's direction with the gap (dir: sign of Kendall's τ), so a measure that ranks "
           "models backwards reads below 0; the best value of each column is bold. "
-          + lb.LEGEND + "." + "".join(f" {k}: {v}." for k, v in notes.items()))
+          + " ".join(f"{c.header}: {c.legend}." for c in shown) + "".join(f" {k}: {v}." for k, v in notes.items()))
 
 
 def _interval_text(o: dict) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from genbench.keys import measure_key, still_valid
+from genbench.keys import measure_key, still_valid, suite_measures
 from genbench.plugins import Registry, get_registry
 from genbench.population import ModelSpec, expand
 from genbench.store import Store, StoreDamage, atomic_write_text
@@ -111,15 +111,6 @@ def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registr
 def _describe(spec: ModelSpec) -> str:
     names = short_names(list(spec.hparams))
     return " ".join(f"{names[k]}={v}" for k, v in spec.hparams.items())[:60] or spec.key
-
-
-def suite_measures(suite: Suite, registry: Registry) -> list[tuple[str, dict[str, Any], str, dict]]:
-    """(name, raw params, version, identity params) of each measure of the suite."""
-    out = []
-    for name, raw in suite.measures.items():
-        cls = registry.get("measure", name).cls
-        out.append((name, dict(raw), str(cls.version), cls.Params(**raw).identity()))
-    return out
 
 
 def measure_settings(suite: Suite) -> dict[str, Any]:

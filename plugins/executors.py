@@ -48,7 +48,8 @@ class LocalExecutor(Executor):
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(devices: Any, default_device: str, setup: WorkerSetup, threads: int) -> None:
+def _init_worker(devices: Any, default_device: str, setup: WorkerSetup, threads: int,
+                 started: Any) -> None:
     import signal
 
     import torch
@@ -60,6 +61,9 @@ def _init_worker(devices: Any, default_device: str, setup: WorkerSetup, threads:
         _WORKER["worker"] = setup.worker(default_device if devices.empty() else devices.get())
     except Exception as exc:  # noqa: BLE001 - raising here would make the pool restart it forever
         _WORKER["error"] = f"{type(exc).__name__}: {exc}"
+    # No task before every worker is up: else the first to start takes a short stage alone.
+    with contextlib.suppress(Exception):  # a worker the pool restarts later waits out alone
+        started.wait(timeout=60)
 
 
 def _run_in_worker(item: tuple[int, Any]) -> tuple[int, bytes]:
@@ -106,7 +110,8 @@ class ProcessExecutor(Executor):
         for d in devices:
             device_queue.put(d)
         with ctx.Pool(workers, initializer=_init_worker,
-                      initargs=(device_queue, devices[0], setup, threads)) as pool:
+                      initargs=(device_queue, devices[0], setup, threads,
+                                ctx.Barrier(workers))) as pool:
             for index, packed in pool.imap_unordered(_run_in_worker, list(enumerate(tasks))):
                 on_done(tasks[index], pickle.loads(packed))
 

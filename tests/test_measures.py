@@ -315,7 +315,7 @@ def test_early_exits_leave_both_searches_answers_unchanged(criterion):
         kw = {"draws": 6} if key == "sigma" else {"restarts": 3, "steps": 6}
         runs = {}
         for early in (False, True):
-            ev = sharpness.perturbed_loss(ctx, p)
+            ev = context.perturbed_loss(ctx, p)
             runs[early] = search(ev, eps=p.eps, criterion=criterion, depth=12, early_exit=early,
                                  **kw)
         assert runs[True][key] == runs[False][key] and 0 < runs[True][key] < 2

@@ -131,4 +131,4 @@ def test_n_models_counts_the_grid_without_expanding_it():
         s = Suite(**{**base, "grid": grid, "points": points, "seeds": [0, 1]})
         assert s.n_models() == len(expand(s, registry)), points
     s = Suite(**{**base, "grid": {}, "points": [{"model.width": 8}, {"model.width": 9}]})
-    assert s.n_models() == len(expand(s, registry)) == 2
+    assert s.n_models() == len(expand(s, registry)) == 2 * len(s.seeds)
