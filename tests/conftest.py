@@ -25,3 +25,15 @@ def torch_threads():
 
     torch.set_num_threads(1)
     return 1
+
+
+@pytest.fixture
+def float64_default(torch_threads):
+    """float64 as torch's default dtype (and seed 0) for one test, restored after."""
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(before)

@@ -15,14 +15,8 @@ from genbench import volume as V
 from genbench.data import DataBundle
 
 
-@pytest.fixture(autouse=True)
-def _double(torch_threads):
-    """Tiny models in float64 so exact comparisons can be tight."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(before)
+# Tiny models in float64 so exact comparisons can be tight (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 class Drop(taps.TapHandler):
