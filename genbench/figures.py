@@ -160,8 +160,10 @@ def mi_by_omega(board: dict[str, dict], signed: Any, path: Path) -> None:
         for n in names:
             v, ci = signed(board[n], f"mi.{k}")
             vals.append(np.nan if v is None else v)
-            lo.append(0 if v is None or ci is None else v - ci[0])
-            hi.append(0 if v is None or ci is None else ci[1] - v)
+            # a half-sample interval may miss its point estimate (docs/scoring.md): the
+            # whisker then stops at the bar; the table prints the interval as it is
+            lo.append(0 if v is None or ci is None else max(0.0, v - ci[0]))
+            hi.append(0 if v is None or ci is None else max(0.0, ci[1] - v))
         ax.barh(y + (j - (len(ks) - 1) / 2) * height, vals, height=height, xerr=[lo, hi],
                 capsize=2, color=plt.get_cmap("Blues")(0.4 + 0.5 * j / max(len(ks) - 1, 1)),
                 label=f"|ω| = {k}", error_kw={"lw": 0.8})
