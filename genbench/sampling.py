@@ -1,6 +1,11 @@
-"""The sampling weight-volume estimator (science.md 1b): paper Algorithm 1.
+"""The sampling weight-volume estimator (science.md 1b), the math of the ``sampling`` plugin.
 
-Moved out of :mod:`genbench.volume` unchanged; the math of the ``sampling`` plugin.
+Three ways to draw weights around W^F (docs/sampling.md): ``posterior_draws`` (the
+default: independent draws from the Gauss-Newton posterior by perturbation and conjugate
+gradients), ``langevin_chain`` (a preconditioned Langevin chain with the same target, which
+mixes too slowly on real MLPs) and ``sample_posterior`` (the paper's Algorithm 1 as
+written); then a full-layer log-volume from a matrix-normal fit to the draws
+(``kronecker_log_vol``) or, for Algorithm 1, the paper's 4x4 subsets.
 """
 
 from __future__ import annotations
@@ -262,43 +267,78 @@ def _full_batch_grad(model: nn.Module, params: list[torch.Tensor], x: torch.Tens
 
 
 def _ggn_product(model: nn.Module, layers: list[_Layer], x: torch.Tensor, y: torch.Tensor,
-                 loss_fn: Callable) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-    """v -> G v, G the exact Gauss-Newton matrix of L_S at W^F over the measured layers
-    jointly (cross-layer blocks included): J^T (d2 L / dz2) J v, with J v by the
-    double-backward trick and J^T by a backward pass, both on one retained graph."""
-    params = [p for lay in layers for p in lay.params()]
-    for p in params:
-        p.requires_grad_(True)
-    with torch.enable_grad():
-        z = model(x)
-        u = torch.zeros_like(z, requires_grad=True)
-        jt_u = torch.autograd.grad(z, params, u, create_graph=True)  # J^T u, linear in u
-    # d2 L / dz2 = sum_s S_s S_s^T / n (softmax: closed form; other losses: double backward).
-    zd = z.detach()
-    root = output_hessian_sqrt(zd, y, loss_fn, is_cross_entropy(loss_fn, zd, y)).to(zd.dtype)
+                 loss_fn: Callable, chunk: int = 16
+                 ) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """vs -> G vs for a batch of n directions (each layer's (n, rows, cols)), G the exact
+    Gauss-Newton matrix of L_S at W^F over the measured layers jointly (cross-layer
+    blocks included): J^T (d2 L / dz2) J v, with J v by the double-backward trick and J^T
+    by a backward pass, both on one retained graph, ``chunk`` directions per pass."""
+    graph = _OutputGraph(model, layers, x, y, loss_fn)
 
     def product(vs: list[torch.Tensor]) -> list[torch.Tensor]:
-        v = []
-        for lay, m in zip(layers, vs):
-            w = lay.module.weight
-            cols = w[0].numel()
-            v.append(m[:, :cols].reshape(w.shape).to(w.dtype))
-            if lay.bias:
-                v.append(m[:, cols].to(w.dtype))
-        jv = torch.autograd.grad(jt_u, u, v, retain_graph=True)[0]
-        hjv = torch.einsum("nck,nk->nc", root, torch.einsum("nck,nc->nk", root, jv)) / len(x)
-        g = iter(torch.autograd.grad(z, params, hjv, retain_graph=True))
-        res = []
-        for lay in layers:
-            m = next(g)
-            m = m.reshape(m.shape[0], -1).to(torch.float64)
-            res.append(torch.cat([m, next(g).to(torch.float64)[:, None]], 1) if lay.bias else m)
-        return res
+        parts = []
+        for i in range(0, vs[0].shape[0], chunk):
+            v = graph.to_params([m[i:i + chunk] for m in vs])
+            jv = torch.autograd.grad(graph.jt_u, graph.u, v, retain_graph=True,
+                                     is_grads_batched=True)[0]
+            hjv = torch.einsum("sck,bsk->bsc", graph.root,
+                               torch.einsum("sck,bsc->bsk", graph.root, jv)) / len(x)
+            parts.append(graph.transpose(hjv))
+        return [torch.cat(p) for p in zip(*parts)]
 
+    product.graph = graph  # type: ignore[attr-defined]
     return product
 
 
+class _OutputGraph:
+    """The model's outputs z on the training set with a retained graph, and the root S
+    of d2 L / dz2 = sum_s S_s S_s^T / n (softmax: closed form; other losses: double
+    backward): what J, J^T and the Gauss-Newton product are computed from."""
+
+    def __init__(self, model, layers, x, y, loss_fn):
+        self.layers = layers
+        self.params = [p for lay in layers for p in lay.params()]
+        for p in self.params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            self.z = model(x)
+            self.u = torch.zeros_like(self.z, requires_grad=True)
+            self.jt_u = torch.autograd.grad(self.z, self.params, self.u, create_graph=True)
+        zd = self.z.detach()
+        self.root = output_hessian_sqrt(zd, y, loss_fn, is_cross_entropy(loss_fn, zd, y)
+                                        ).to(zd.dtype)
+
+    def to_params(self, ms: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per layer (n, rows, cols[+1]) float64 -> per parameter (n, *shape)."""
+        v = []
+        for lay, m in zip(self.layers, ms):
+            w = lay.module.weight
+            cols = w[0].numel()
+            v.append(m[:, :, :cols].reshape(m.shape[0], *w.shape).to(w.dtype))
+            if lay.bias:
+                v.append(m[:, :, cols].to(w.dtype))
+        return v
+
+    def transpose(self, out: torch.Tensor) -> list[torch.Tensor]:
+        """J^T out for a batch (n, samples, classes): per layer (n, rows, cols[+1]) float64."""
+        g = iter(torch.autograd.grad(self.z, self.params, out, retain_graph=True,
+                                     is_grads_batched=True))
+        res = []
+        for lay in self.layers:
+            m = next(g)
+            m = m.reshape(m.shape[0], m.shape[1], -1).to(torch.float64)
+            res.append(torch.cat([m, next(g).to(torch.float64)[:, :, None]], 2)
+                       if lay.bias else m)
+        return res
+
+
+PRECONDITIONER_FISHER = "mc"
 POWER_ITERATIONS = 15  # Gauss-Newton products spent on mu_max
+
+
+def _single(product, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The batched product on one direction."""
+    return [g[0] for g in product([v[None] for v in vs])]
 
 
 def _stiffest(layers: list[_Layer], product, x, y, loss_fn, model, params, target: str,
@@ -311,7 +351,7 @@ def _stiffest(layers: list[_Layer], product, x, y, loss_fn, model, params, targe
     mu = 1.0
     for _ in range(iterations):
         a = [layer.precondition(u, 0.5) for layer, u in zip(layers, v)]
-        k = [g + layer.delta * u for layer, g, u in zip(layers, product(a), a)]
+        k = [g + layer.delta * u for layer, g, u in zip(layers, _single(product, a), a)]
         w = [layer.precondition(u, 0.5) for layer, u in zip(layers, k)]
         mu = math.sqrt(sum(float((u ** 2).sum()) for u in w))
         v = [u / mu for u in w]
@@ -379,7 +419,7 @@ def langevin_chain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     total = burn_in + n_samples * thin
     for t in range(total + 1):
         if product is not None:
-            forces = product(disp)
+            forces = _single(product, disp)
             rise = 0.5 * sum(float((d * f).sum()) for d, f in zip(disp, forces))
             energy = chain.ref_loss + rise
         else:
@@ -422,6 +462,92 @@ def langevin_chain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: 
             white = torch.stack([layer.precondition(s, -0.5) for s in lc.samples])
             lc.ess = layer_ess(white)
     return chain
+
+
+# -- the default: independent draws by perturbation and conjugate gradients ------------------
+@dataclass
+class PosteriorDraws:
+    """Independent draws from N(W^F, (G + delta)^-1), and what the solves cost."""
+
+    layers: dict[str, LayerChain]
+    iterations: int          # CG iterations (each one batched Gauss-Newton product)
+    residual: float          # the worst draw's relative residual, preconditioned norm
+    products: int            # Gauss-Newton products on single directions
+
+
+def posterior_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, *,
+                    n_samples: int = 32, damping: float = 0.1, tol: float = 1e-2,
+                    max_iter: int = 500, include_bias: bool = False, chunk: int = 16,
+                    batch_size: int = 8192) -> PosteriorDraws:
+    """Exact, independent draws from the Gauss-Newton posterior N(W^F, K^-1), K = G + delta,
+    over the measured weight matrices jointly (perturbation-optimization: Papandreou &
+    Yuille 2010, Orieux et al. 2012). With G = B^T B, B = S J / sqrt(n): r = B^T e1 +
+    sqrt(delta) e2, e ~ N(0, I), has Cov(r) = K, so w = K^-1 r has Cov(w) = K^-1.
+    Each K^-1 r is solved by conjugate gradients, preconditioned by the model's own
+    (E[A] (x) E[G] + delta I)^-1 per layer, all draws in lockstep, until every draw's
+    relative residual (preconditioned norm) is below ``tol``. A draw is exact up to that
+    residual: no chain, no burn-in, no autocorrelation (ESS = n). Modifies ``model``'s
+    requires_grad flags only.
+    """
+    model.eval()
+    weight_layers = taps.weight_layers(model)
+    with torch.no_grad():
+        ce = is_cross_entropy(loss_fn, model(x[:8]), y[:8])
+    factors = kronecker_factors(model, x, y, loss_fn, fisher=PRECONDITIONER_FISHER if ce else "exact",
+                                include_bias=include_bias, noise=False, batch_size=batch_size)
+    layers = [_Layer(name, module, include_bias, factors[name].A, factors[name].G, damping,
+                     ones_null=ce and i == len(weight_layers) - 1)
+              for i, (name, module) in enumerate(weight_layers)]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    product = _ggn_product(model, layers, x, y, loss_fn, chunk=chunk)
+    graph = product.graph  # type: ignore[attr-defined]
+    noise = torch.randn(n_samples, *graph.z.shape[:1], graph.root.shape[2],
+                        dtype=graph.z.dtype, device=graph.z.device)
+    r = [bt + math.sqrt(lay.delta) * torch.randn_like(bt) for lay, bt in zip(
+        layers, graph.transpose(torch.einsum("sck,bsk->bsc", graph.root, noise)
+                                / math.sqrt(len(x))))]
+    w, iterations, residual = _solve(product, layers, r, tol, max_iter)
+    for p in graph.params:
+        p.requires_grad_(False)
+    draws = PosteriorDraws({lay.key: LayerChain(lay.key, d.cpu(), lay.ones_null, float(n_samples))
+                            for lay, d in zip(layers, w)}, iterations, residual,
+                           iterations * n_samples)
+    if residual > tol:
+        raise ValueError(f"conjugate gradients reached a relative residual of {residual:.2g} "
+                         f"after {max_iter} iterations, not {tol:g}: raise max_iter or damping")
+    return draws
+
+
+def _solve(product, layers: list[_Layer], b: list[torch.Tensor], tol: float, max_iter: int
+           ) -> tuple[list[torch.Tensor], int, float]:
+    """K w = b for a batch of right-hand sides by preconditioned conjugate gradients."""
+    def dot(u, v):
+        return sum((p * q).sum((1, 2)) for p, q in zip(u, v))
+
+    def shape(c):
+        return c[:, None, None]
+
+    w = [torch.zeros_like(t) for t in b]
+    r = [t.clone() for t in b]
+    z = [lay.precondition(t) for lay, t in zip(layers, r)]
+    d = [t.clone() for t in z]
+    rz = dot(r, z)
+    norm = rz.sqrt()
+    residual, it = 1.0, 0
+    for it in range(1, max_iter + 1):
+        kd = [g + lay.delta * t for g, lay, t in zip(product(d), layers, d)]
+        alpha = rz / dot(d, kd)
+        w = [a + shape(alpha) * t for a, t in zip(w, d)]
+        r = [a - shape(alpha) * t for a, t in zip(r, kd)]
+        z = [lay.precondition(t) for lay, t in zip(layers, r)]
+        rz_new = dot(r, z)
+        residual = float((rz_new.clamp_min(0).sqrt() / norm).max())
+        if residual < tol:
+            break
+        d = [a + shape(rz_new / rz) * t for a, t in zip(z, d)]
+        rz = rz_new
+    return w, it, residual
 
 
 # -- effective sample size ---------------------------------------------------------------------

@@ -87,45 +87,57 @@ class Laplace(VolumeEstimator):
         return out
 
 
-PAPER_ONLY = ("sigma_u", "lr", "epochs", "eps", "subset_size", "n_subsets", "covariance",
-              "noise", "blocks")
+# The params that mean something in one mode only (refused in the others).
+MODE_ONLY = {
+    "exact": ("tol", "max_iter"),
+    "langevin": ("burn_in", "thin", "step", "target", "loss_rise", "precondition"),
+    "paper": ("sigma_u", "lr", "epochs", "eps", "subset_size", "n_subsets", "covariance",
+              "noise", "blocks", "batch_size"),
+}
 
 
 class Sampling(VolumeEstimator):
-    """Sampling volume: preconditioned Langevin on the training loss, full-layer
-    log-determinants from a matrix-normal fit (docs/sampling.md); ``mode="paper"`` runs
-    the paper's Algorithm 1 literally."""
+    """Sampling volume: independent draws from the model's Gauss-Newton posterior and a
+    full-layer log-determinant from a matrix-normal fit (docs/sampling.md);
+    ``mode="langevin"`` draws them with a Langevin chain, ``mode="paper"`` runs the
+    paper's Algorithm 1 literally."""
 
     name = "sampling"
-    version = "2"
+    version = "3"
 
     class Params(Params):
-        mode: Literal["langevin", "paper"] = Field(
-            "langevin", description="'langevin': a chain whose stationary law is the posterior "
-            "(docs/sampling.md); 'paper': Algorithm 1 as the paper writes it, 4x4 subsets")
-        n_samples: int = Field(60, ge=1, description="langevin: samples kept after burn-in "
-                               "(one every `thin` steps); paper: iterations n of Algorithm 1")
+        mode: Literal["exact", "langevin", "paper"] = Field(
+            "exact", description="'exact': independent draws from N(W^F, (G + damping)^-1) by "
+            "perturbation and conjugate gradients; 'langevin': a preconditioned Langevin chain "
+            "with the same target (mixes slowly: docs/sampling.md); 'paper': Algorithm 1 as "
+            "the paper writes it, 4x4 subsets")
+        n_samples: int = Field(32, ge=1, description="exact: independent draws; langevin: "
+                               "samples kept after burn-in (one every `thin` steps); paper: "
+                               "iterations n of Algorithm 1")
+        damping: float = Field(0.1, gt=0, description="Gaussian prior around W^F, precision "
+                               "damping * the layer's mean curvature tr(E[A]) tr(E[G]) / k; "
+                               "the posterior is N(W^F, (G + prior)^-1)")
+        tol: float = Field(1e-2, gt=0, lt=1, description="exact: relative residual (in the "
+                           "preconditioned norm) each draw's solve must reach")
+        max_iter: int = Field(500, ge=1, description="exact: conjugate-gradient iterations "
+                              "allowed (an estimate that does not converge fails)")
         burn_in: int = Field(20, ge=0, description="langevin steps discarded first (the "
                              "chain starts from the preconditioner's Gaussian, not from W^F)")
         thin: int = Field(4, ge=1, description="langevin steps between kept samples")
         target: Literal["gauss_newton", "loss"] = Field(
-            "gauss_newton", description="the posterior sampled: 'gauss_newton' N(W^F, T (G + "
-            "damping)^-1) with the exact Gauss-Newton G of all layers jointly; 'loss' the "
-            "training loss itself, tilted so W^F is stationary (diverges on unconverged nets)")
+            "gauss_newton", description="langevin: 'gauss_newton' N(W^F, T (G + damping)^-1) "
+            "with the exact Gauss-Newton G of all layers jointly; 'loss' the training loss "
+            "itself, tilted so W^F is stationary (diverges on unconverged nets)")
         step: float = Field(0.3, gt=0, lt=2, description="langevin step as a fraction of "
                             "the stability limit: h = step / mu_max, mu_max the largest "
                             "eigenvalue of the preconditioned curvature (power iteration)")
-        loss_rise: float = Field(0.01, gt=0, description="sets the temperature T = 2 loss_rise / "
-                                 "k: the mean rise of the training loss at equilibrium")
-        damping: float = Field(0.1, gt=0, description="Gaussian prior around W^F, precision "
-                               "damping * the layer's mean curvature; also the "
-                               "preconditioner's damping, which must bound its gain for "
-                               "stability (1e-3 diverges on the default suite)")
-        precondition: bool = Field(True, description="precondition with the model's own "
-                                   "(E[A] (x) E[G] + damping)^-1 (changes mixing, not the target)")
+        loss_rise: float = Field(0.01, gt=0, description="langevin: the temperature T = 2 "
+                                 "loss_rise / k, the mean rise of the loss at equilibrium")
+        precondition: bool = Field(True, description="langevin: precondition with the model's "
+                                   "own (E[A] (x) E[G] + damping)^-1 (changes mixing, not the "
+                                   "target)")
         debias: bool = Field(True, description="remove the small-sample bias of log det of a "
-                             "sample correlation (langevin: per Kronecker factor, ESS-based; "
-                             "paper: per subset)")
+                             "sample correlation (per Kronecker factor; paper: per subset)")
         include_bias: bool = Field(False, description="measure [W b] instead of W")
         max_samples: int | None = Field(None, ge=1, description="use the first N training samples")
         batch_size: int = Field(256, ge=1, description="paper: fine-tuning minibatch size (not "
@@ -145,11 +157,13 @@ class Sampling(VolumeEstimator):
                                    "consecutive blocks-coordinate groups (the authors' code: 4)")
 
         @model_validator(mode="after")
-        def _paper_fields_need_paper_mode(self):
-            stray = [f for f in PAPER_ONLY if f in self.model_fields_set]
-            if self.mode == "langevin" and stray:
-                raise ValueError(f"{', '.join(stray)} apply to mode='paper' only: drop them or "
-                                 "set mode = 'paper'")
+        def _mode_fields_need_their_mode(self):
+            stray = [f for mode, fields in MODE_ONLY.items() if mode != self.mode
+                     for f in fields if f in self.model_fields_set]
+            if stray:
+                owners = sorted({m for m, fs in MODE_ONLY.items() for f in stray if f in fs})
+                raise ValueError(f"{', '.join(stray)} apply to mode={' or '.join(map(repr, owners))} "
+                                 f"only, not mode={self.mode!r}: drop them or change mode")
             return self
 
     def estimate(self, model, data, *, loss_fn=None, device=None):
@@ -157,9 +171,37 @@ class Sampling(VolumeEstimator):
         t0 = time.perf_counter()
         x, y = _training_set(data, p.max_samples, device)
         loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
-        out = self._paper(model, x, y, loss_fn) if p.mode == "paper" else \
-            self._langevin(model, x, y, loss_fn)
+        run = {"exact": self._exact, "langevin": self._langevin, "paper": self._paper}[p.mode]
+        out = run(model, x, y, loss_fn)
         out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def _fit(self, draws: dict[str, sampling.LayerChain]) -> tuple[dict, dict]:
+        """Per layer, the matrix-normal log-volume of the draws, and how it was read."""
+        layers, details = {}, {}
+        for key, lc in draws.items():
+            est = sampling.kronecker_log_vol(lc.samples, ones_null=lc.ones_null,
+                                             debias=self.params.debias)
+            dim = int(lc.samples[0].numel())
+            layers[key] = {"log_vol": est["log_vol"], "dim": dim,
+                           "vol_per_dim": math.exp(est["log_vol"] / dim)}
+            details[key] = {"ess": lc.ess, "log_vol_rows": est["log_vol_rows"],
+                            "log_vol_cols": est["log_vol_cols"], "bias_rows": est["bias_rows"],
+                            "bias_cols": est["bias_cols"], "ones_null": lc.ones_null}
+        return layers, details
+
+    def _exact(self, model, x, y, loss_fn):
+        p = self.params
+        draws = sampling.posterior_draws(model, x, y, loss_fn, n_samples=p.n_samples,
+                                         damping=p.damping, tol=p.tol, max_iter=p.max_iter,
+                                         include_bias=p.include_bias)
+        layers, details = self._fit(draws.layers)
+        out = volume.summarize(layers)
+        # Cost in full-batch passes on one direction: the solves, the perturbations, the factors.
+        out.update({"mode": "exact", "kept": p.n_samples, "tried": p.n_samples,
+                    "ess_min": float(p.n_samples), "iterations": draws.iterations,
+                    "residual": draws.residual,
+                    "epochs": draws.products + p.n_samples + 1, "layer_details": details})
         return out
 
     def _langevin(self, model, x, y, loss_fn):
@@ -173,16 +215,7 @@ class Sampling(VolumeEstimator):
             raise ValueError(f"the Langevin chain left the basin after {len(chain.losses)} steps "
                              f"(loss {chain.losses[-1]:.3g} from {chain.ref_loss:.3g}): lower step "
                              "or loss_rise")
-        layers, details = {}, {}
-        for key, lc in chain.layers.items():
-            est = sampling.kronecker_log_vol(lc.samples, ones_null=lc.ones_null,
-                                             debias=p.debias)
-            dim = int(lc.samples[0].numel())
-            layers[key] = {"log_vol": est["log_vol"], "dim": dim,
-                           "vol_per_dim": math.exp(est["log_vol"] / dim)}
-            details[key] = {"ess": lc.ess, "log_vol_rows": est["log_vol_rows"],
-                            "log_vol_cols": est["log_vol_cols"], "bias_rows": est["bias_rows"],
-                            "bias_cols": est["bias_cols"], "ones_null": lc.ones_null}
+        layers, details = self._fit(chain.layers)
         out = volume.summarize(layers)
         kept = p.n_samples
         out.update({"mode": "langevin", "target": p.target, "kept": kept, "tried": p.burn_in + kept * p.thin,
