@@ -1,7 +1,7 @@
 """Do the two volume estimators rank the models of one architecture alike? (issue 11, truth d)
 
     python benchmarks/volume_agreement.py --store STORE [--json out.json]
-           [--sampling K=V ...] [--laplace K=V ...]
+           [--sampling K=V ...] [--laplace K=V ...] [--where K=V ...]
 
 On the trained models of a store (``genbench run`` makes one), estimates every model's
 volume with ``sampling`` (the store's suite settings, overridden by ``--sampling``) and
@@ -43,12 +43,13 @@ def architecture(hparams: dict) -> str:
                      if not k.startswith("regularizers.") and k != "seed")
 
 
-def agreement(store: str, sampling: dict, laplace: dict) -> dict:
+def agreement(store: str, sampling: dict, laplace: dict, where: dict) -> dict:
     t0 = time.perf_counter()
-    samp = volume_report(store, "sampling", sampling)
+    samp = volume_report(store, "sampling", sampling, where=where)
     damping = samp["params"].get("damping", 0.1)
-    lap = volume_report(store, "laplace", laplace)
-    like = volume_report(store, "laplace", {**laplace, "noise": False, "damping": damping})
+    lap = volume_report(store, "laplace", laplace, where=where)
+    like = volume_report(store, "laplace", {**laplace, "noise": False, "damping": damping},
+                         where=where)
     groups: dict[str, list[str]] = {}
     for key, row in samp["models"].items():
         groups.setdefault(architecture(row["hparams"]), []).append(key)
@@ -65,7 +66,7 @@ def agreement(store: str, sampling: dict, laplace: dict) -> dict:
             "laplace_same_target_mean": statistics.fmean(
                 like["models"][k]["log_vol_sum"] for k in keys),
         })
-    return {"store": store, "sampling_params": samp["params"],
+    return {"store": store, "where": where, "sampling_params": samp["params"],
             "laplace_params": lap["params"], "laplace_same_target_params": like["params"],
             "groups": rows,
             "mean_tau_vs_laplace": statistics.fmean(r["tau_vs_laplace"] for r in rows),
@@ -81,9 +82,11 @@ def main() -> None:
     ap.add_argument("--store", required=True)
     ap.add_argument("--sampling", nargs="*", default=[], metavar="K=V")
     ap.add_argument("--laplace", nargs="*", default=[], metavar="K=V")
+    ap.add_argument("--where", nargs="*", default=[], metavar="K=V",
+                    help="only the models with these hyperparameters (e.g. model.width=128)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
-    out = agreement(args.store, parse(args.sampling), parse(args.laplace))
+    out = agreement(args.store, parse(args.sampling), parse(args.laplace), parse(args.where))
     print("| architecture | models | sampling mean log_vol_sum | spread | tau vs Laplace "
           "| tau vs Laplace (noise off, same damping) |")
     print("|---|---|---|---|---|---|")

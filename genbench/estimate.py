@@ -46,7 +46,8 @@ def model_entry(model: dict[str, Any], est: dict[str, Any], seconds: float) -> d
 
 
 def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] | None = None,
-                  suite: Any = None, device: str = "cpu", registry: Any = None) -> dict[str, Any]:
+                  suite: Any = None, device: str = "cpu", registry: Any = None,
+                  where: dict[str, Any] | None = None) -> dict[str, Any]:
     """Estimate the weight volume of every trained model in a store (or of a suite's
     models, training the missing ones first) with ``estimator``.
 
@@ -56,7 +57,8 @@ def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] 
     "log_vol_sum", "vol_per_dim_mean", "seconds"[, "noise_off"]}}}`` (``seconds``: the
     cost of the estimate when it was computed; ``noise_off``: the same estimate with the
     regularizers' noise off, for a model that has one); a model whose estimate failed is
-    left out of ``models`` and listed under ``"failed"``.
+    left out of ``models`` and listed under ``"failed"``. ``where`` keeps only the models
+    whose hyperparameters have those values (e.g. ``{"model.width": 128}``).
     """
     if suite is None and not (Path(store_dir) / "genbench.sqlite").exists():
         raise FileNotFoundError(f"--store {store_dir}: no genbench store there; run `genbench "
@@ -80,7 +82,8 @@ def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] 
         out: dict[str, Any] = {}
         failed: dict[str, str] = {}
         for m in models:
-            if m["status"] != "done":
+            if m["status"] != "done" or any(m["hparams"].get(k) != v
+                                            for k, v in (where or {}).items()):
                 continue
             init, final = st.load_weights(m["key"])
             ctx = MeasureContext(key=m["key"], hparams=m["hparams"], config=m["config"],

@@ -237,7 +237,7 @@ class _Layer:
         return torch.cat([w, self.module.bias.detach()[:, None]], 1) if self.bias else w
 
     def precondition(self, x: torch.Tensor, power: float = 1.0) -> torch.Tensor:
-        """M^power x for a (rows, cols) matrix x."""
+        """M^power x for a (rows, cols) matrix x, or a batch (n, rows, cols) of them."""
         inner = self.ug.T @ x @ self.ua
         return self.ug @ (inner * self.scale ** power) @ self.ua.T
 
@@ -332,7 +332,6 @@ class _OutputGraph:
         return res
 
 
-PRECONDITIONER_FISHER = "mc"
 POWER_ITERATIONS = 15  # Gauss-Newton products spent on mu_max
 
 
@@ -493,8 +492,11 @@ def posterior_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn:
     weight_layers = taps.weight_layers(model)
     with torch.no_grad():
         ce = is_cross_entropy(loss_fn, model(x[:8]), y[:8])
-    factors = kronecker_factors(model, x, y, loss_fn, fisher=PRECONDITIONER_FISHER if ce else "exact",
-                                include_bias=include_bias, noise=False, batch_size=batch_size)
+    # Exact factors (one backward pass per class) where the classes are few: a better
+    # preconditioner than a Monte-Carlo Fisher, and a prior delta free of sampling noise.
+    fisher = "mc" if ce and y.max() >= 100 else "exact"
+    factors = kronecker_factors(model, x, y, loss_fn, fisher=fisher, include_bias=include_bias,
+                                noise=False, batch_size=batch_size)
     layers = [_Layer(name, module, include_bias, factors[name].A, factors[name].G, damping,
                      ones_null=ce and i == len(weight_layers) - 1)
               for i, (name, module) in enumerate(weight_layers)]

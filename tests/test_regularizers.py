@@ -349,7 +349,8 @@ def test_laplace_on_every_combination_equals_the_brute_force_kronecker_volume(to
             torch.manual_seed(0)
             out = est.estimate(model, data, loss_fn=F.cross_entropy)
             torch.manual_seed(0)
-            factors = V.kronecker_factors(model, data.train_x, data.train_y, F.cross_entropy)
+            factors = V.kronecker_factors(model, data.train_x, data.train_y, F.cross_entropy,
+                                          batch_size=est.params.batch_size)  # the same noise draws
             checked = 0
             torch.set_default_dtype(torch.float64)
             try:
@@ -358,9 +359,11 @@ def test_laplace_on_every_combination_equals_the_brute_force_kronecker_volume(to
                     det = out["layer_details"][key]
                     da, dg = det["damping_A"], det["damping_G"]
                     # Weights into a dead unit or from a zero input do not touch the loss: they
-                    # are independent of the rest (log_vol 0), so the truth is over the others.
+                    # are independent of the rest (log_vol 0), so the truth is over the others
+                    # (a structural zero: a diagonal below ZERO_DIAG times the largest, the
+                    # stated convention; round-off leaves such coordinates at ~1e-30, not 0).
                     a, g = (m[live][:, live] for m, live in
-                            ((f.A, torch.diagonal(f.A) > 0), (f.G, torch.diagonal(f.G) > 0)))
+                            ((f.A, V.live_coordinates(f.A)), (f.G, V.live_coordinates(f.G))))
                     n_in, n_out = a.shape[0], g.shape[0]
                     if n_in * n_out > 400:
                         continue  # brute force kept small
