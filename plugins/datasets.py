@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 import genbench
@@ -39,6 +38,8 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.
 
 def _bundle(name: str, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray,
             n_classes: int) -> DataBundle:
+    import torch  # here, not at module level: the registry loads this module without torch
+
     f = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
     g = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
     return DataBundle(name, f(x), g(y), f(xt), g(yt), n_classes)
@@ -180,6 +181,8 @@ class RandomCropFlip:
         self.pad, self.flip, self.fill = pad, flip, list(fill)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
         b, c, h, w = x.shape
         p = self.pad
         dy = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
