@@ -62,14 +62,16 @@ def cached_arrays(what: dict[str, Any], make: Callable[[], dict[str, np.ndarray]
     MNIST-1D took 0.6-1.2 s per process; reading it back takes milliseconds."""
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
     path = os.path.join(data_root(root), "generated", f"{what.get('name', 'data')}-{key}.npz")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files if k != "sha256"}
-            if str(f["sha256"]) == _digest(arrays):
-                return arrays
-        log.warning("cached dataset %s failed its integrity check: regenerating it", path)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        pass  # not cached yet (or unreadable): generate it
+    if os.path.exists(path):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files if k != "sha256"}
+                if str(f["sha256"]) == _digest(arrays):
+                    return arrays
+            why = "failed its integrity check"
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            why = f"is unreadable ({type(exc).__name__})"
+        log.warning("cached dataset %s %s: regenerating it", path, why)
     arrays = make()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
