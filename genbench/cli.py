@@ -22,6 +22,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from genbench.store import DEFAULT_STORE as _DEFAULT_STORE
+
 # Plain (click) help: short, greppable, and no "<bool>" beside flags.
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -32,7 +34,7 @@ STATE = {"verbosity": 0}  # -q: -1, default 0, -v: 1, -vv: 2
 
 STORE = Annotated[Path, typer.Option("--store", metavar="DIR",
                                      help="store directory (SQLite + safetensors)")]
-DEFAULT_STORE = Path(".genbench")
+DEFAULT_STORE = Path(_DEFAULT_STORE)
 SUITE_ARG = Annotated[str, typer.Argument(metavar="SUITE", help="suite file or registry name")]
 
 
@@ -259,9 +261,9 @@ def run(
         registry = get_registry()
         spec = load_suite(suite, registry)  # every problem is reported before any work starts
         specs = expand(spec, registry)
-        check_builds(specs, registry)
         if retry_failed:
             forget_failures(store, [m.key for m in specs])
+        check_builds(runner.untrained(specs, store), registry)  # stored models were built
         if include_unconverged:
             spec.scoring.include_unconverged = True
         bars, progress = rich_progress()

@@ -104,6 +104,20 @@ class Regularizer(Component):
         return {}
 
 
+class TapHandler:
+    """What a regularizer binds to a model (see :mod:`genbench.taps`). Override any of the
+    three methods. It lives here, not in taps, so a plugin can subclass it without torch."""
+
+    def preactivation(self, tap: Any, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def activation(self, tap: Any, a: torch.Tensor) -> torch.Tensor:
+        return a
+
+    def after_step(self, model: nn.Module) -> None:
+        return None
+
+
 class VolumeEstimator(Component):
     """Estimates the per-layer weight volume of a trained model (science.md section 1)."""
 

@@ -69,9 +69,9 @@ def volume_lookup(model: str, estimator: str, registry: Any, settings: dict[str,
 
 def search_lookup(model: str, name: str, params: Any) -> Lookup:
     """``ctx.sigma``/``ctx.alpha`` with resolved ``params``, under the search's current version."""
-    from genbench import sharpness
+    from genbench import search_params as sp
 
-    version = {"sigma": sharpness.SIGMA_VERSION, "alpha": sharpness.ALPHA_VERSION}[name]
+    version = {"sigma": sp.SIGMA_VERSION, "alpha": sp.ALPHA_VERSION}[name]
     return lookup(model, "shared", name, version, params.identity())
 
 
@@ -80,9 +80,9 @@ def current(model: str, dep: Lookup, registry: Any, settings: dict[str, Any]) ->
     if dep["kind"] == "volume":
         return volume_lookup(model, dep["name"], registry, settings)
     if dep["kind"] == "shared" and dep["name"] in ("sigma", "alpha"):
-        from genbench import sharpness
+        from genbench.search_params import AlphaParams, SigmaParams
 
-        cls = {"sigma": sharpness.SigmaParams, "alpha": sharpness.AlphaParams}[dep["name"]]
+        cls = {"sigma": SigmaParams, "alpha": AlphaParams}[dep["name"]]
         return search_lookup(model, dep["name"], cls(**dep["params"]))
     return lookup(model, dep["kind"], dep["name"], dep["version"], dep["params"])
 

@@ -16,8 +16,7 @@ from genbench import keys
 from genbench.keys import canonical_json, content_key  # noqa: F401 - their old home
 from genbench.plugins import Registry
 from genbench.suite import Scalar, Suite, SuiteError, TrainRecipe, apply_point
-
-TRAINER_VERSION = "2"  # bump when the training loop changes results
+from genbench.training import TRAINER_VERSION
 
 
 @dataclass(frozen=True)

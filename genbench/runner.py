@@ -15,13 +15,12 @@ from typing import Any
 from genbench.keys import measure_key, still_valid, suite_measures
 from genbench.plugins import Registry, get_registry
 from genbench.population import ModelSpec, expand
-from genbench.store import Store, StoreDamage, atomic_write_text
+from genbench.store import DEFAULT_STORE, Store, StoreDamage, atomic_write_text
 from genbench.suite import Suite, TrainRecipe, load_suite, short_names
 from genbench.tasks import DataCache, MeasureTask, Trainer, TrainTask, Worker, groups, setup_for, write
 
 # progress(stage, total) -> advance(description); the CLI draws bars, the library logs.
 Progress = Callable[[str, int], Callable[[str], None]]
-DEFAULT_STORE = ".genbench"
 
 
 def _quiet(stage: str, total: int) -> Callable[[str], None]:
@@ -41,6 +40,10 @@ def log_progress(stage: str, total: int) -> Callable[[str], None]:
 
 
 def resolve_device(device: str = "auto") -> str:
+    """``auto``: cuda when available, else cpu. Called only when a stage has work, so a
+    rerun with nothing to do never imports torch; ``cpu`` needs no torch to resolve."""
+    if device == "cpu":
+        return device
     import torch
 
     if device == "auto":
@@ -94,10 +97,10 @@ def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registr
     Returns the counts, and ``workers``: the processes that trained.
     """
     engine = make_executor(suite, registry, executor, executor_params)  # fails early if misspelled
-    stored = {m["key"] for m in store.models()}
-    todo = [s for s in specs if s.key not in stored]
+    todo = untrained(specs, store)
     if not todo:
         return {"trained": 0, "failed": 0, "workers": 0}
+    device = resolve_device(device)
     data = data or DataCache(registry)
     for spec in todo:  # a missing dataset is the user's error to fix, not a failed model
         data.get(spec.config)
@@ -106,6 +109,18 @@ def train_population(specs: list[ModelSpec], suite: Suite, store: Store, registr
     engine.run(tasks, setup_for(Worker(registry, data, device, batching)), stage.on_done)
     return {"trained": stage.counts["trained"], "failed": stage.counts["failed"],
             "workers": len(stage.workers)}
+
+
+def untrained(specs: list[ModelSpec], store: Store | str | Path) -> list[ModelSpec]:
+    """The specs ``store`` holds no model for (neither trained nor failed); all of them
+    when the store does not exist yet (it is not created to find that out)."""
+    if not isinstance(store, Store):
+        if not (Path(store) / "genbench.sqlite").exists():
+            return list(specs)
+        with Store(store) as st:
+            return untrained(specs, st)
+    stored = {m["key"] for m in store.models([s.key for s in specs])}
+    return [s for s in specs if s.key not in stored]
 
 
 def _describe(spec: ModelSpec) -> str:
@@ -158,6 +173,7 @@ def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, regis
         return {"computed": 0, "reused": total, "workers": 0}
     for spec in done:
         data.get(spec.config)
+    device = resolve_device(device)
     stage = Stage("measure", store, progress("measure", sum(len(t) for t in tasks)))
     engine.run(tasks, setup_for(Worker(registry, data, device, batching)), stage.on_done)
     return {"computed": stage.counts["computed"], "reused": total - stage.counts["computed"],
@@ -235,7 +251,9 @@ def run(suite: str | Path | Suite = "default", store: str | Path = DEFAULT_STORE
     registry = registry or get_registry()
     suite = suite if isinstance(suite, Suite) else load_suite(suite, registry)
     progress = progress or log_progress
-    device = resolve_device(device)
+    if device != "auto":
+        device = resolve_device(device)  # a bad --device fails before any work; auto resolves
+                                         # in the stage that needs it (none on a no-op rerun)
     specs = expand(suite, registry)
     keys = [s.key for s in specs]
     with Store(store) as st, st.run_lock(suite.name):

@@ -77,6 +77,9 @@ MODEL_COLUMNS = ("key", "hparams", "seed", "config", "status", "metrics", "error
                  "provenance", "seconds", "created", "checksum")
 
 
+DEFAULT_STORE = ".genbench"  # where every command looks when --store is not given
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 

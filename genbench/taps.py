@@ -19,18 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-
-class TapHandler:
-    """What a regularizer binds to a model. Override any of the three methods."""
-
-    def preactivation(self, tap: Tap, h: torch.Tensor) -> torch.Tensor:
-        return h
-
-    def activation(self, tap: Tap, a: torch.Tensor) -> torch.Tensor:
-        return a
-
-    def after_step(self, model: nn.Module) -> None:
-        return None
+from genbench.components import TapHandler  # noqa: F401 - defined without torch, used here
 
 
 class Tap(nn.Module):

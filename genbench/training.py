@@ -14,15 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from genbench import taps
 from genbench.data import DataBundle
+from genbench.lazy import lazy_module
 from genbench.plugins import Registry
 from genbench.suite import TrainRecipe
 
+# Imported on first use: model keys need TRAINER_VERSION, and a rerun with nothing to
+# train must not pay for importing torch (docs/performance.md, "Start-up").
+torch, F, nn = lazy_module("torch"), lazy_module("torch.nn.functional"), lazy_module("torch.nn")
+
+TRAINER_VERSION = "2"  # in every model key: bump when the training loop changes results
 EVAL_BATCH = 4096
 
 
@@ -38,6 +39,8 @@ class BuiltModel:
 def build_model(registry: Registry, config: dict[str, Any], data: DataBundle) -> BuiltModel:
     """Instantiate the model family with its params (plus regularizers' model overrides)
     and bind every regularizer's tap handler."""
+    from genbench import taps
+
     regs = [registry.get("regularizer", name).cls(registry.get("regularizer", name).cls.Params(**p))
             for name, p in config["regularizers"].items()]
     family = registry.get("model", config["model"]["name"]).cls
@@ -67,16 +70,16 @@ def lr_at(recipe: TrainRecipe, epoch: int) -> float:
     return recipe.lr
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) in eval mode."""
     was = model.training
     model.eval()
     total, correct = 0.0, 0
-    for i in range(0, x.shape[0], EVAL_BATCH):
-        out = model(x[i:i + EVAL_BATCH])
-        total += F.cross_entropy(out, y[i:i + EVAL_BATCH], reduction="sum").item()
-        correct += (out.argmax(1) == y[i:i + EVAL_BATCH]).sum().item()
+    with torch.no_grad():
+        for i in range(0, x.shape[0], EVAL_BATCH):
+            out = model(x[i:i + EVAL_BATCH])
+            total += F.cross_entropy(out, y[i:i + EVAL_BATCH], reduction="sum").item()
+            correct += (out.argmax(1) == y[i:i + EVAL_BATCH]).sum().item()
     model.train(was)
     n = x.shape[0]
     return total / n, correct / n
@@ -113,7 +116,7 @@ class TrainResult:
     seconds: float
 
 
-EpochCallback = Callable[[int, nn.Module], dict[str, Any] | None]
+EpochCallback = Callable[[int, "nn.Module"], "dict[str, Any] | None"]
 
 
 def train_one(spec: Any, data: DataBundle, registry: Registry, device: str | torch.device = "cpu",
@@ -123,6 +126,8 @@ def train_one(spec: Any, data: DataBundle, registry: Registry, device: str | tor
     ``callbacks`` run after every epoch with (epoch, model); what they return is
     added to that epoch's history entry (e.g. the volume during training).
     """
+    from genbench import taps
+
     t0 = time.perf_counter()
     recipe = spec.recipe
     data = data.to(device)

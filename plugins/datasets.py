@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 import genbench
@@ -39,6 +38,8 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int) -> tuple[np.
 
 def _bundle(name: str, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray,
             n_classes: int) -> DataBundle:
+    import torch  # here, not at module level: the registry loads this module without torch
+
     f = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
     g = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)  # noqa: E731
     return DataBundle(name, f(x), g(y), f(xt), g(yt), n_classes)
@@ -61,14 +62,16 @@ def cached_arrays(what: dict[str, Any], make: Callable[[], dict[str, np.ndarray]
     MNIST-1D took 0.6-1.2 s per process; reading it back takes milliseconds."""
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
     path = os.path.join(data_root(root), "generated", f"{what.get('name', 'data')}-{key}.npz")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files if k != "sha256"}
-            if str(f["sha256"]) == _digest(arrays):
-                return arrays
-        log.warning("cached dataset %s failed its integrity check: regenerating it", path)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        pass  # not cached yet (or unreadable): generate it
+    if os.path.exists(path):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files if k != "sha256"}
+                if str(f["sha256"]) == _digest(arrays):
+                    return arrays
+            why = "failed its integrity check"
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            why = f"is unreadable ({type(exc).__name__})"
+        log.warning("cached dataset %s %s: regenerating it", path, why)
     arrays = make()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -180,6 +183,8 @@ class RandomCropFlip:
         self.pad, self.flip, self.fill = pad, flip, list(fill)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
         b, c, h, w = x.shape
         p = self.pad
         dy = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)

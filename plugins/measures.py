@@ -8,16 +8,19 @@ searches live in :mod:`genbench.sharpness`; docs/measures.md has every choice.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
 import genbench
 from genbench.components import Measure, Params
-from genbench.sharpness import AlphaParams, SigmaParams
-from genbench.taps import taps
+from genbench.lazy import lazy_module
+from genbench.search_params import AlphaParams, SigmaParams
+
+# Imported when a measure first computes: the registry loads this module without torch.
+torch, nn = lazy_module("torch"), lazy_module("torch.nn")
+_taps = lazy_module("genbench.taps")
 
 
 def frobenius_distance(ctx) -> float:
@@ -70,17 +73,22 @@ class SpectralNorm(Measure):
         return float(sum(torch.linalg.matrix_norm(final[n] - init[n], ord=2) ** 2 for n in final))
 
 
-class _Affine(nn.Module):
-    """x * scale + shift along dim 1: an eval-mode BatchNorm written as the affine map it is."""
+@functools.cache
+def affine_class() -> type:
+    """The module x * scale + shift along dim 1 (an eval-mode BatchNorm written as the
+    affine map it is); made on first use, since subclassing nn.Module imports torch."""
 
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
-        super().__init__()
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
+    class _Affine(nn.Module):
+        def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+            super().__init__()
+            self.register_buffer("scale", scale)
+            self.register_buffer("shift", shift)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.scale.view(view) + self.shift.view(view)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            view = (1, -1) + (1,) * (x.dim() - 2)
+            return x * self.scale.view(view) + self.shift.view(view)
+
+    return _Affine
 
 
 def squared_network(model: nn.Module, bias: bool = True, identity: bool = True) -> nn.Module:
@@ -93,6 +101,7 @@ def squared_network(model: nn.Module, bias: bool = True, identity: bool = True) 
     - ``identity=True`` replaces each hidden activation (the taps') by the identity;
       on the non-negative signals of the squared network this is exactly ReLU.
     """
+    _Affine = affine_class()
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             if module.running_var is None:
@@ -118,7 +127,7 @@ def squared_network(model: nn.Module, bias: bool = True, identity: bool = True) 
                 is_shift = name.endswith("shift")
                 buf.copy_(torch.zeros_like(buf) if is_shift and not bias else buf * buf)
     if identity:
-        for tap in taps(model):
+        for tap in _taps.taps(model):
             tap.activation = nn.Identity()
     return model.eval()
 

@@ -11,17 +11,28 @@ reproduces the paper's dropout placements marks each tap with ``dropout_scale``
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
-from torch import nn
 
 import genbench
 from genbench.components import ModelFamily, Params
-from genbench.taps import Tap, number_taps
+from genbench.lazy import lazy_module
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+if TYPE_CHECKING:  # pragma: no cover
+    from genbench.taps import Tap
+
+# Imported when a model is first built: the registry loads this module without torch.
+nn = lazy_module("torch.nn")
+_taps = lazy_module("genbench.taps")
+
+ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu": "GELU"}
 ACTIVATION_PATTERN = "^(relu|tanh|sigmoid|gelu)$"
+
+
+def activation(name: str) -> nn.Module:
+    """A new activation module by its params name (``ACTIVATIONS`` maps it to torch.nn's class)."""
+    return getattr(nn, ACTIVATIONS[name])()
 
 
 class MLP(ModelFamily):
@@ -47,16 +58,16 @@ class MLP(ModelFamily):
             layers.append(nn.Linear(fan_in, w, bias=p.bias))
             if p.batch_norm:
                 layers.append(nn.BatchNorm1d(w))
-            layers.append(Tap(ACTIVATIONS[p.activation]()))
+            layers.append(_taps.Tap(activation(p.activation)))
             fan_in = w
         layers.append(nn.Linear(fan_in, n_classes, bias=p.bias))
-        return number_taps(nn.Sequential(*layers))
+        return _taps.number_taps(nn.Sequential(*layers))
 
 
 # -- shared pieces of the convolutional families ------------------------------------
-CONV = {1: nn.Conv1d, 2: nn.Conv2d}
-POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d}
-NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+def layer(kind: str, nd: int) -> type[nn.Module]:
+    """torch.nn's ``kind`` for ``nd`` spatial dimensions: layer("Conv", 2) is nn.Conv2d."""
+    return getattr(nn, f"{kind}{nd}d")
 Init = Literal["torch", "glorot", "kaiming"]
 
 
@@ -88,19 +99,19 @@ class ConvStack:
     def conv(self, out_ch: int, kernel: int, padding: int, pool: int | None = None) -> Tap:
         if any(s + 2 * padding < kernel for s in self.size):
             raise ValueError(f"a {kernel}-wide kernel does not fit the {self.size} feature map")
-        self.layers.append(CONV[self.nd](self.channels, out_ch, kernel, padding=padding))
+        self.layers.append(layer("Conv", self.nd)(self.channels, out_ch, kernel, padding=padding))
         if self.bn:
-            self.layers.append(NORM[self.nd](out_ch))
+            self.layers.append(layer("BatchNorm", self.nd)(out_ch))
         self.channels = out_ch
         self.size = [s + 2 * padding - kernel + 1 for s in self.size]
-        act: nn.Module = ACTIVATIONS[self.act]()
+        act: nn.Module = activation(self.act)
         if pool is not None:
             # A pool wider than the map is shrunk to it; a 1-wide map is not pooled at all.
             k = min([pool, *self.size])
             if k >= 2:
-                act = nn.Sequential(act, POOL[self.nd](k))
+                act = nn.Sequential(act, layer("MaxPool", self.nd)(k))
                 self.size = [s // k for s in self.size]
-        tap = Tap(act)
+        tap = _taps.Tap(act)
         self.layers.append(tap)
         self.taps.append(tap)
         return tap
@@ -113,7 +124,7 @@ class ConvStack:
         self.layers.append(nn.Linear(fan_in, units))
         if self.bn:
             self.layers.append(nn.BatchNorm1d(units))
-        tap = Tap(ACTIVATIONS[self.act]())
+        tap = _taps.Tap(activation(self.act))
         self.layers.append(tap)
         self.taps.append(tap)
         return tap
@@ -185,7 +196,7 @@ class CNN(ModelFamily):
         place_dropout(stack.taps, [1.0 if p.dropout_placement != "paper" or i == n_conv else 0.0
                                    for i in range(len(stack.taps))])
         model = nn.Sequential(*stack.layers, nn.Linear(fan_in, n_classes))
-        return number_taps(initialize(model, p.init))
+        return _taps.number_taps(initialize(model, p.init))
 
 
 # -- VGG-like (the paper's Tables 5-7) ------------------------------------------------------
@@ -239,7 +250,7 @@ class VGG(ModelFamily):
         place_dropout(stack.taps, vgg_paper_scales(p.depth) if p.dropout_placement == "paper"
                       else [1.0] * len(stack.taps))
         model = nn.Sequential(*stack.layers, nn.Linear(units, n_classes))
-        return number_taps(initialize(model, p.init))
+        return _taps.number_taps(initialize(model, p.init))
 
 
 # -- AlexNet-like ------------------------------------------------------------------------------
@@ -289,7 +300,7 @@ class AlexNet(ModelFamily):
             scales = [1.0] * n_taps
         place_dropout(stack.taps, scales)
         model = nn.Sequential(*stack.layers, nn.Linear(fan_in, n_classes))
-        return number_taps(initialize(model, p.init))
+        return _taps.number_taps(initialize(model, p.init))
 
 
 @genbench.hookimpl

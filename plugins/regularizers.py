@@ -15,14 +15,20 @@ Design choices the paper leaves open are written down in ``docs/regularizers.md`
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field, field_validator
 
 import genbench
-from genbench.components import Params, Regularizer
-from genbench.taps import Tap, TapHandler, weight_layers
+from genbench.components import Params, Regularizer, TapHandler
+from genbench.lazy import lazy_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    from genbench.taps import Tap
+
+# Imported when a handler first runs: the registry loads this module without torch.
+torch = lazy_module("torch")
+_taps = lazy_module("genbench.taps")
 
 
 # -- dropout ---------------------------------------------------------------------
@@ -266,7 +272,7 @@ class WeightNoiseHandler(TapHandler):
         if self.steps % self.every:
             return
         with torch.no_grad():
-            for _, layer in weight_layers(model):
+            for _, layer in _taps.weight_layers(model):
                 tensors = [layer.weight]
                 if self.include_bias and layer.bias is not None:
                     tensors.append(layer.bias)

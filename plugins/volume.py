@@ -10,13 +10,15 @@ import math
 import time
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 import genbench
-from genbench import sampling, taps, volume
 from genbench.components import Params, VolumeEstimator
+from genbench.lazy import lazy_module
+
+# Imported on first use: loading the registry must not import torch (docs/performance.md).
+torch, F = lazy_module("torch"), lazy_module("torch.nn.functional")
+sampling, taps, volume = (lazy_module(f"genbench.{m}") for m in ("sampling", "taps", "volume"))
 
 
 def _training_set(data, max_samples: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,6 +135,24 @@ def tiny_run(tmp_path_factory):
             "progress": seen}
 
 
+def test_a_rerun_with_nothing_to_do_trains_measures_and_imports_nothing(tiny_run, tmp_path):
+    """A no-op rerun decides from the store alone: no preflight build, no dataset, no
+    torch (its import was most of the rerun's time; docs/performance.md, "Start-up")."""
+    code = ("import sys\n"
+            "from genbench.cli import app\n"
+            "try:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print('torch' in sys.modules, code)")
+    out = tmp_path / "again.json"
+    args = ["run", str(tiny_run["dir"] / "tiny.toml"), "--store", str(tiny_run["store"]),
+            "--json", str(out)]
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert res.stdout.split()[-2:] == ["False", "0"], res.stderr
+    again = json.loads(out.read_text())
+    s = again["summary"]
+    assert (s["trained"], s["reused"], s["measures_computed"], s["measures_reused"]) == (0, 4, 0, 12)
+    assert again["leaderboard"] == tiny_run["result"]["leaderboard"]
+
+
 def test_library_run_logs_progress_by_default(tiny_run):
     lines = tiny_run["progress"]
     assert any(line.startswith("train: 4/4") for line in lines), lines

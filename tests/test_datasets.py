@@ -220,6 +220,7 @@ def test_generated_mnist1d_is_cached_on_disk_and_checked(tmp_path, monkeypatch, 
     monkeypatch.setenv("GENBENCH_DATA", str(tmp_path))
     MNIST1D = get_registry().get("dataset", "mnist1d").cls  # noqa: N806
     ds = MNIST1D(MNIST1D.Params(num_samples=200))
+    generate = MNIST1D.generate
     fresh = ds.generate()
     first = ds.load()
     files = list((tmp_path / "generated").glob("mnist1d-*.npz"))
@@ -236,8 +237,18 @@ def test_generated_mnist1d_is_cached_on_disk_and_checked(tmp_path, monkeypatch, 
     monkeypatch.setattr(MNIST1D, "generate", lambda self: fresh)
     with caplog.at_level("WARNING"):
         repaired = ds.load()
-    assert "integrity" in caplog.text
+    assert "integrity" in caplog.text and files[0].name in caplog.text
     assert torch.equal(repaired.train_x, first.train_x)
+    # A truncated file (a killed writer on a filesystem without atomic rename) likewise.
+    files[0].write_bytes(files[0].read_bytes()[:100])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        repaired = ds.load()
+    assert "unreadable" in caplog.text and files[0].name in caplog.text
+    assert torch.equal(repaired.train_x, first.train_x)
+    monkeypatch.setattr(MNIST1D, "generate", lambda self: pytest.fail("regenerated"))
+    assert torch.equal(ds.load().train_x, first.train_x)  # the regenerated file is used again
+    monkeypatch.setattr(MNIST1D, "generate", generate)
     # Other generator settings get their own file.
     MNIST1D(MNIST1D.Params(num_samples=200, generator_seed=1)).load()
     assert len(list((tmp_path / "generated").glob("mnist1d-*.npz"))) == 2

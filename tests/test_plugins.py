@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import types
 
@@ -34,6 +36,24 @@ def test_builtins_register_every_kind():
     assert not reg.failed
     entry = reg.get("measure", "parameter_norm")
     assert entry.plugin == "measures" and entry.plugin_version == genbench.__version__
+
+
+def test_loading_the_registry_and_genbench_plugins_do_not_import_torch():
+    """Every command loads the registry: importing torch there cost each one ~1 s. The
+    components import it when they are first used (building a model, computing a value)."""
+    code = ("import sys\n"
+            "from genbench.plugins import load_registry\n"
+            "reg = load_registry()\n"
+            "assert not reg.failed and all(reg.names(k) for k in reg.components), reg.failed\n"
+            "from genbench.cli import app\n"
+            "try:\n    app(['plugins'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)\n"
+            "reg.create('model', 'mlp').build((4,), 3)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "GENBENCH_PLUGINS": ""})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["False", "True"] and "mlp" in out.stdout
 
 
 def test_duplicate_name_names_both_plugins():

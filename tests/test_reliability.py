@@ -438,25 +438,38 @@ def wait_for(store: Path, sql: str, at_least: int, proc: subprocess.Popen, timeo
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_sigint_and_sigterm_stop_with_one_line(faulty, tmp_path, sig, code):
-    """The signal comes from another thread once the run is stuck in a hanging measure;
-    the handlers run in the main thread, as they do for a user's Ctrl-C or a scheduler's kill."""
+def test_sigint_and_sigterm_stop_with_one_line(faulty, tmp_path, monkeypatch, sig, code):
+    """The signal comes from another thread once the run is stuck in a hanging measure
+    (the measure says so through a marker file: a task's values are stored only when the
+    task returns, so the store cannot tell); the handlers run in the main thread, as they
+    do for a user's Ctrl-C or a scheduler's kill. The rerun then loses nothing."""
     suite = write_suite(tmp_path, suite_text(measures=["parameter_norm", "hanging_measure"]))
-    store = tmp_path / "store"
+    store, marker = tmp_path / "store", tmp_path / "hanging"
+    monkeypatch.setenv("FAULTY_HANGING_MARKER", str(marker))
+    seen = []
 
-    def send_when_measuring():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not stored_count(
-                store, "SELECT count(*) FROM results WHERE name='parameter_norm'"):
-            time.sleep(0.05)
-        time.sleep(0.2)  # into the hanging measure
-        os.kill(os.getpid(), sig)
+    def send_when_hanging():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not marker.exists():
+            time.sleep(0.02)
+        seen.append(marker.exists())
+        time.sleep(0.1)
+        os.kill(os.getpid(), sig)  # sent even on a timeout, so the run always stops
 
-    threading.Thread(target=send_when_measuring, daemon=True).start()
+    threading.Thread(target=send_when_hanging, daemon=True).start()
     res = runner.invoke(app, ["run", str(suite), "--store", str(store), "--device", "cpu"])
+    assert seen == [True], "the run never reached the hanging measure"
     assert res.exit_code == code, res.output
     assert res.stderr.strip().splitlines()[-1].startswith("stopped; rerun to resume")
     assert "Traceback" not in res.output
+    assert stored_count(store, "SELECT count(*) FROM models WHERE status='done'") == 3
+
+    fixed = write_suite(tmp_path, suite_text(), name="fixed.toml")  # without the hanging measure
+    res = runner.invoke(app, ["run", str(fixed), "--store", str(store), "--device", "cpu",
+                              "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert (summary["trained"], summary["reused"], summary["measures_computed"]) == (0, 3, 3)
 
 
 def stored_count(store: Path, sql: str) -> int:
