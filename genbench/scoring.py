@@ -79,6 +79,8 @@ class ScoreOptions:
     n_test: int = 10000             # test-set size behind the Hoeffding weight
     weight_shift: float = 0.5       # Dziugaite's weight is (hoeffding - weight_shift)_+
     min_ess: float = 0.0            # drop sign-error environments with effective sample size below this
+    seed_noise_z: float = 0.0       # drop environments whose settings' mean gaps differ by <= z standard
+                                    # errors of seed noise (0: keep all; docs/scoring.md "Sign-error")
     empty_cell: str = "skip"        # a cell with no counted pair: "skip" it, or count it as MI "zero" (the paper's)
     against_within: tuple[str, ...] | str = ()  # MI with an 'against' hp within groups of models sharing
                                     # these hps, reduced over groups like cells; BUT_BATCH_LR = every
@@ -112,8 +114,9 @@ class ScoreOptions:
             raise ValueError(f"ScoreOptions.gap_tol={self.gap_tol!r} must be >= 0")
         if not 0 < self.ci_level < 1:
             raise ValueError(f"ScoreOptions.ci_level={self.ci_level!r} must be in (0, 1)")
-        if self.n_test < 1 or self.min_ess < 0 or not 0 <= self.weight_shift < 1:
-            raise ValueError("ScoreOptions: need n_test >= 1, min_ess >= 0, 0 <= weight_shift < 1")
+        if self.n_test < 1 or self.min_ess < 0 or not 0 <= self.weight_shift < 1 or not self.seed_noise_z >= 0:
+            raise ValueError("ScoreOptions: need n_test >= 1, min_ess >= 0, 0 <= weight_shift < 1, "
+                             "seed_noise_z >= 0")
 
 
 #: Named presets over the one implementation (docs/scoring.md says which table each matches).
@@ -677,7 +680,7 @@ def score_paths(max_k: int, against: list[str]) -> list[str]:
     ks = [str(k) for k in range(max_k + 1)]
     return ([f"mi.{k}" for k in ks] + [f"mi_min.{k}" for k in ks] +
             [f"mi_hparam.{h}" for h in against] +
-            ["kendall_tau", "granulated_kendall", "sign_error", "robust_sign_error"])
+            ["kendall_tau", "granulated_kendall", "sign_error", "robust_sign_error", "sign_error_q90"])
 
 
 class _Blocks:
@@ -824,20 +827,24 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
             if t.size:
                 psi.append(t.mean())
         r["granulated_kendall"] = float(np.mean(psi)) if psi else np.nan
-        # --- sign-error over environments
+        # --- sign-error over environments (NaN: an environment without a counted pair)
+        m, x, y = p["xy"]
         if not st.env_a.size:
             losses = np.zeros(0)
         elif opts.pair_weight == "none":
             losses = _env_losses_counts(counts[p["settings"]], counts[p["envs"]], st, p["env_sizes"], opts)
         else:
-            m, x, y = p["xy"]
             losses = _env_losses_weighted(m, x, y, st, opts)
+        if opts.seed_noise_z > 0 and losses.size:
+            losses = np.where(_gap_effect_clear(st.setting[m], y, st, opts.seed_noise_z), losses, np.nan)
+        losses = losses[np.isfinite(losses)]
         r["sign_error"] = float(losses.mean()) if losses.size else np.nan
         r["robust_sign_error"] = float(losses.max()) if losses.size else np.nan
-        size = np.bincount(st.setting[p["xy"][0]], minlength=st.n_settings)
+        r["sign_error_q90"] = float(np.quantile(losses, 0.9)) if losses.size else np.nan
+        size = np.bincount(st.setting[m], minlength=st.n_settings)
         r["single_pair_envs"] = bool(st.env_a.size) and int((size[st.env_a] * size[st.env_b]).max()) <= 1
         if r["single_pair_envs"]:       # every loss is 0 or 1: the maximum says nothing
-            r["robust_sign_error"] = np.nan
+            r["robust_sign_error"] = r["sign_error_q90"] = np.nan
         r["n_models"] = p["n"]
         out[name] = r
     return out
@@ -857,7 +864,7 @@ def _env_losses_counts(cs: PairCounts, ce: PairCounts, st: _Structure, nab: np.n
         n_used = nab
         loss_sum = Dx + 0.5 * (nab - Cx - Dx)
     keep = (n_used > 0) & (n_used >= opts.min_ess)
-    return loss_sum[keep] / n_used[keep]
+    return np.where(keep, loss_sum / np.where(keep, n_used, 1.0), np.nan)
 
 
 def _env_losses_weighted(m: np.ndarray, x: np.ndarray, y: np.ndarray, st: _Structure,
@@ -898,7 +905,24 @@ def _env_losses_weighted(m: np.ndarray, x: np.ndarray, y: np.ndarray, st: _Struc
     with np.errstate(divide="ignore", invalid="ignore"):
         ess = np.where(sw2 > 0, sw * sw / sw2, 0.0)
     keep = (sw > 0) & (ess >= opts.min_ess)
-    return sl[keep] / sw[keep]
+    return np.where(keep, sl / np.where(keep, sw, 1.0), np.nan)
+
+
+def _gap_effect_clear(s: np.ndarray, y: np.ndarray, st: _Structure, z: float) -> np.ndarray:
+    """Per environment: do its two settings' mean gaps differ by more than z standard errors
+    of seed noise? The noise is the pooled within-setting SD of the gap (models of one
+    setting differ only in their seed); sign-error cannot be wrong about an intervention
+    whose effect on the gap is within that noise (Dziugaite et al.'s Monte-Carlo filter, for
+    seeds). All True when no setting holds two models (no noise estimate)."""
+    size = np.bincount(s, minlength=st.n_settings).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.bincount(s, weights=y, minlength=st.n_settings) / size
+        df = y.size - int((size > 0).sum())
+        if df <= 0:
+            return np.ones(st.env_a.size, dtype=bool)
+        sd = math.sqrt(float(np.sum((y - mean[s]) ** 2)) / df)
+        se = sd * np.sqrt(1.0 / size[st.env_a] + 1.0 / size[st.env_b])
+        return np.abs(mean[st.env_a] - mean[st.env_b]) > z * se
 
 
 ROBUST_UNDEFINED = ("undefined: every environment holds a single pair of models (one model per "
@@ -920,7 +944,7 @@ def _score_range(path: str, opts: ScoreOptions) -> tuple[float, float]:
     """The values a score can take (an interval is clipped to them)."""
     if path in ("kendall_tau", "granulated_kendall"):
         return -1.0, 1.0
-    if path in ("sign_error", "robust_sign_error"):
+    if path in ("sign_error", "robust_sign_error", "sign_error_q90"):
         return 0.0, 1.0
     return 0.0, 1.0 if opts.normalize else math.inf
 
@@ -1038,13 +1062,14 @@ def score_population(measures: dict[str, np.ndarray], gaps: dict[str, np.ndarray
             "granulated_kendall": _jsonable(r["granulated_kendall"]),
             "sign_error": _jsonable(r["sign_error"]),
             "robust_sign_error": _jsonable(r["robust_sign_error"]),
+            "sign_error_q90": _jsonable(r["sign_error_q90"]),
             "direction": _direction(r["kendall_tau"]),
             "n_models": int(r["n_models"]),
             "ci": ci[name],
         }
     notes = {}
     if any(point[name]["single_pair_envs"] for name in meas):
-        notes["robust_sign_error"] = (ROBUST_UNDEFINED)
+        notes["robust_sign_error"] = notes["sign_error_q90"] = ROBUST_UNDEFINED
     resolved = asdict(opts)
     resolved.update({"preset": preset, "condition_on": condition_on, "against": against,
                      "against_within": within,
