@@ -969,8 +969,9 @@ def coverage_population(rng, n, rho):
     return {"m": c}, {"loss": g, "acc": g}, {"a": rng.integers(0, 2, n)}
 
 
-def coverage(interval, draws, n=60, rho=0.5, resamples=60, seed=0):
-    """Share of draws whose 95% interval covers the truth, for MI and tau."""
+def coverage(interval, draws, n=40, rho=0.5, resamples=39, seed=0):
+    """Share of draws whose 95% interval covers the closed-form truth, for MI and tau.
+    39 resamples: the 95% interval is then the smallest and largest of them ((B + 1) alpha = 1)."""
     tau = 2 / math.pi * math.asin(rho)
     truth = {"mi.0": 1 - hb((1 + tau) / 2), "kendall_tau": tau}
     rng = np.random.default_rng(seed)
@@ -985,12 +986,15 @@ def coverage(interval, draws, n=60, rho=0.5, resamples=60, seed=0):
     return {k: v / draws for k, v in hits.items()}
 
 
-def test_subsample_interval_covers_the_truth():
-    """30 draws here; 200 in benchmarks/bench_intervals.py (docs/scoring.md), where this
-    design measured 0.825 for MI and 0.915 for tau: below the nominal 95%, so the bar here
-    is only that the half-sample interval covers the truth in most draws."""
-    cov = coverage("subsample", draws=30)
-    assert cov["mi.0"] >= 0.8 and cov["kendall_tau"] >= 0.8, cov
+@pytest.mark.parametrize("rho,draws", [(0.5, 200), (0.0, 100)])
+def test_subsample_interval_covers_the_truth(rho, draws):
+    """The default interval covers the closed-form truth in about 95% of draws: at least
+    0.90 of 200 (3.2 binomial standard errors below 0.95) or 0.88 of 100. At rho = 0 the true
+    MI, 0, sits on the boundary: only the signed, folded interval can reach it (a percentile
+    interval of unsigned MI never does). benchmarks/bench_intervals.py measures more cases."""
+    cov = coverage("subsample", draws=draws, rho=rho)
+    bar = 0.90 if draws >= 200 else 0.88
+    assert cov["mi.0"] >= bar and cov["kendall_tau"] >= bar, cov
 
 
 # ---------------------------------------------------------------------------------------
