@@ -26,8 +26,11 @@ Conventions (docs/scoring.md states them in full):
   ``cell_reduce`` and over the subsets omega of each size by both the mean
   (``mi``) and the minimum (``mi_min``).
 
-* Bootstrap intervals resample models with replacement; a pair of two copies of the
-  same model is not a pair of distinct models and is skipped.
+* Intervals (:func:`_intervals`): bias-corrected percentiles of half-samples without
+  replacement, MI signed by its direction; the old bootstrap resamples with replacement
+  and skips a pair of two copies of one model (not a pair of distinct models).
+* Sign-error: mean, maximum and 90th percentile of the environments' losses; environments
+  whose gap effect is within seed noise can be dropped (``seed_noise_z``).
 
 This module imports numpy only (never torch) so that scoring a stored population
 is instant and works on any machine.
@@ -224,11 +227,10 @@ def _count_earlier_greater(x: np.ndarray, q: np.ndarray, base: int = 32) -> np.n
     if n < 2:
         return np.zeros(n, dtype=np.int64)
     R = int(max(x.max(), q.max())) + 2
-    if (n // 2 + 1) * R >= 2 ** 31:              # keep blk * R + value small: ranks
-        u = np.unique(x)                         # x_l > q_k  <=>  rank(x_l) > #{u <= q_k} - 1
-        x, q = np.searchsorted(u, x), np.searchsorted(u, q, side="right") - 1
-        R = u.size + 2
-    dt = np.int32 if (n // 2 + 1) * R < 2 ** 31 else np.int64   # half the memory traffic
+    if (n // 2 + 1) * R >= 2 ** 62:              # keep blk * R + value inside int64
+        r = _ranks(np.concatenate([x, q]))
+        x, q, R = r[:n], r[n:], int(r.max()) + 2
+    dt = np.int32 if (n // 2 + 1) * R < 2 ** 31 else np.int64   # int32 when it fits: half the traffic
     B = 1
     while B < min(base, n):
         B *= 2

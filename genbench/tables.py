@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -55,8 +56,17 @@ class Table:
         return value
 
 
+class Rows(list):
+    """The rows of a file (:func:`read_rows`), remembering the columns they came from, so that
+    scoring them all (:func:`table_from_rows`) does not rebuild the columns dict by dict."""
+
+    table: Table | None = None
+
+
 def table_from_rows(rows: list[dict[str, Any]]) -> Table:
     """Rows already read (dicts of one model each) as a table; a missing key is empty."""
+    if isinstance(rows, Rows) and rows.table is not None and len(rows) == rows.table.n_rows:
+        return rows.table
     names = list(dict.fromkeys(k for r in rows for k in r))
     text = all(isinstance(r.get(c, ""), str) for r in rows for c in names)
     return Table({c: [r.get(c, "" if text else None) for r in rows] for c in names}, len(rows),
@@ -66,7 +76,9 @@ def table_from_rows(rows: list[dict[str, Any]]) -> Table:
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The table at ``path`` (checked as :func:`read_table` checks it) as one dict per row."""
     t = read_table(path)
-    return [dict(zip(t.columns, cells)) for cells in zip(*t.columns.values())]
+    rows = Rows(map(dict, map(zip, itertools.repeat(list(t.columns)), zip(*t.columns.values()))))
+    rows.table = t
+    return rows
 
 
 def read_table(path: Path) -> Table:
