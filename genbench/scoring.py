@@ -212,34 +212,41 @@ def _tol_ranks(y: np.ndarray, tol: np.ndarray | float) -> tuple[np.ndarray, np.n
     return r[: y.size], r[y.size:]
 
 
-def _count_earlier_greater(x: np.ndarray, q: np.ndarray, base: int = 32) -> np.ndarray:
+def _count_earlier_greater(x: np.ndarray, q: np.ndarray, base: int = 32,
+                           monotone: bool = False) -> np.ndarray:
     """For every position k, the number of earlier positions l < k with x[l] > q[k].
 
-    Bottom-up merge sort. Blocks of ``base`` elements are done by one broadcast
-    comparison; above that, at each level the left half of every block is sorted, so
-    one global searchsorted (block index folded into the key) answers all right-half
-    queries at once. O(N log^2 N) numpy work, log2(N / base) Python iterations, no
-    Python loop over pairs.
+    Bottom-up merge sort over 2^L blocks of B (base/2 < B <= base) positions, padded: blocks
+    are one broadcast comparison each; at each level above, the two sorted halves of a block
+    are merged by one timsort (block index folded into the key). A right-half element k
+    then counts the left-half elements above q[k]. With ``monotone`` (the caller promises
+    x_a <= x_b => q_a <= q_b, as y and y + tol are), the right half sorted by x is sorted by
+    q too, so a stable merge of the lefts' x with the rights' q puts before k exactly the
+    lefts <= q[k]: k's count is its index before that merge minus its index after (one more
+    timsort; when q == x it is the merge itself). Otherwise one searchsorted. O(N log N)
+    numpy work per level, L Python iterations.
     """
     x = np.asarray(x, dtype=np.int64)
     q = np.asarray(q, dtype=np.int64)
     n = x.size
     if n < 2:
         return np.zeros(n, dtype=np.int64)
+    exact = bool(np.array_equal(x, q))
+    monotone = monotone or exact
     R = int(max(x.max(), q.max())) + 2
     if (n // 2 + 1) * R >= 2 ** 62:              # keep blk * R + value inside int64
         r = _ranks(np.concatenate([x, q]))
         x, q, R = r[:n], r[n:], int(r.max()) + 2
-    dt = np.int32 if (n // 2 + 1) * R < 2 ** 31 else np.int64   # int32 when it fits: half the traffic
-    B = 1
-    while B < min(base, n):
-        B *= 2
-    npad = -(-n // B) * B
+    levels = max(0, (n - 1).bit_length() - base.bit_length() + 1)   # 2^levels blocks
+    B = -(-n >> levels)                         # = ceil(n / 2^levels), in [base/2, base]
+    npad = B << levels
+    dt = np.int32 if (npad // 2 + 1) * R < 2 ** 31 else np.int64   # int32 when it fits
     # values shifted to 1..R-1 so that padding (0) is never greater than a query and its
     # block-prefixed key never reaches into the previous block's key range
     xp = np.zeros(npad, dtype=dt)
     xp[:n] = x + 1
-    qp = np.full(npad, R - 1, dtype=dt)   # padding's own counts are discarded
+    qp = np.zeros(npad, dtype=dt)               # padding's own counts are discarded; q = 0
+                                                # keeps q non-decreasing in x for ``monotone``
     qp[:n] = q + 1
     X = xp.reshape(-1, B)
     Q = qp.reshape(-1, B)
@@ -253,24 +260,30 @@ def _count_earlier_greater(x: np.ndarray, q: np.ndarray, base: int = 32) -> np.n
     order = np.argsort(X, axis=1, kind="stable")
     idx = (order + (np.arange(X.shape[0], dtype=np.int64) * B)[:, None]).reshape(-1)
     vals = xp[idx]
-    pos = np.arange(npad, dtype=dt)
+    pos = np.arange(npad, dtype=np.int64)
+    after = np.empty(npad, dtype=np.int64)
     w = B
-    shift = B.bit_length() - 1                  # w == 1 << shift
     while w < npad:
-        blk = pos >> (shift + 1)
-        left = ((pos >> shift) & 1) == 0
-        key = blk * R + vals
-        lkeys = key[left]                       # sorted: blocks in order, each left half sorted
-        right = ~left
-        rb = blk[right]
-        ri = idx[right]
-        lo = np.searchsorted(lkeys, rb * R + qp[ri], side="right")
-        out[ri] += (rb + 1) * w - lo            # every block before rb+1 has a full left half
+        nb = npad // (2 * w)
+        offs = (np.arange(nb, dtype=dt) * R)[:, None]
+        key = (vals.reshape(nb, 2 * w) + offs).reshape(-1)
+        ri = idx.reshape(nb, 2, w)[:, 1, :].reshape(-1)
         order = np.argsort(key, kind="stable")  # timsort: merges the two sorted runs per block
+        if monotone:
+            if exact:
+                after[order] = pos
+            else:                               # lefts' x against the rights' q, lefts first on ties
+                qkey = key.reshape(nb, 2, w).copy()
+                qkey[:, 1, :] = qp[ri].reshape(nb, w) + offs
+                after[np.argsort(qkey.reshape(-1), kind="stable")] = pos
+            out[ri] += (pos.reshape(nb, 2, w)[:, 1, :] - after.reshape(nb, 2, w)[:, 1, :]).reshape(-1)
+        else:
+            lkeys = key.reshape(nb, 2, w)[:, 0, :].reshape(-1)  # sorted: blocks in order
+            lo = np.searchsorted(lkeys, (qp[ri].reshape(nb, w) + offs).reshape(-1), side="right")
+            out[ri] += np.repeat(np.arange(1, nb + 1, dtype=np.int64) * w, w) - lo
         vals = vals[order]
         idx = idx[order]
         w *= 2
-        shift += 1
     return out[:n]
 
 
@@ -326,7 +339,7 @@ def _pair_counts_ranked(grp: np.ndarray, rx: np.ndarray, ry: np.ndarray, rq: np.
     # In (group, x, y) order, an earlier element l pairs with k as discordant iff
     # y_l > y_k + tol (ties in x are sorted by y, so they never qualify; earlier groups
     # have smaller group-prefixed keys, so they never qualify either).
-    dis = _count_earlier_greater(yk, qk)
+    dis = _count_earlier_greater(yk, qk, monotone=True)    # y <= y' => y + tol <= y' + tol
     D = np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
     C = P - tx - ty + tb - D
     return PairCounts(P, tx, ty, tb, C, D)

@@ -236,12 +236,14 @@ def random_population(rng, n, ties=True):
 
 def test_count_earlier_greater_bruteforce():
     rng = np.random.default_rng(1)
-    for n in (0, 1, 2, 3, 7, 16, 33, 64, 65, 100, 129, 300):
+    for n in (0, 1, 2, 3, 7, 16, 33, 64, 65, 100, 129, 300, 1000, 4097):
         for hi in (3, 50):
             x = rng.integers(0, hi, n)
-            q = rng.integers(0, hi, n)
-            want = [sum(1 for l in range(k) if x[l] > q[k]) for k in range(n)]
-            assert _count_earlier_greater(x, q).tolist() == want, (n, hi)
+            # a query per element, x itself, or a non-decreasing function of x (y + tol)
+            mono = (np.searchsorted(np.unique(x), x) * 2 + 1) * (hi // 3 + 1) // 2 if n else x
+            for q, monotone in ((rng.integers(0, hi, n), False), (x, False), (mono, True)):
+                want = [sum(1 for l in range(k) if x[l] > q[k]) for k in range(n)]
+                assert _count_earlier_greater(x, q, monotone=monotone).tolist() == want, (n, hi)
 
 
 @pytest.mark.parametrize("tol", [0.0, 0.1, 0.25])
