@@ -296,8 +296,9 @@ def _close_pairs_sorted(key: np.ndarray, qkey: np.ndarray, owner: np.ndarray, n_
     new[1:] = key[1:] != key[:-1]
     t = np.bincount(np.cumsum(new) - 1).astype(np.float64)
     out = np.bincount(owner[new], weights=t * (t - 1) / 2, minlength=n_owner)   # exact ties
-    if has_tol:
-        cnt = np.searchsorted(key, qkey, side="right") - np.searchsorted(key, key, side="right")
+    if has_tol:                     # j past i's run of equal keys, up to qkey_i
+        run_end = np.append(np.flatnonzero(new)[1:], key.size)[np.cumsum(new) - 1]
+        cnt = np.searchsorted(key, qkey, side="right") - run_end
         out += np.bincount(owner, weights=cnt.astype(np.float64), minlength=n_owner)
     return out
 
@@ -615,6 +616,9 @@ class _Structure:
     n_settings: int
     env_a: np.ndarray                         # environments: pairs of settings differing in one hp
     env_b: np.ndarray
+    env_hp: np.ndarray                        # per environment: the hp it varies (index in gran_hps),
+    env_cell: np.ndarray                      # its cell of gran_cells[env_hp],
+    env_whole: np.ndarray                     # and whether that cell holds only its two settings
     against: list[str]
     against_vals: list[np.ndarray]
     against_cells: tuple[np.ndarray, int]     # groups the MI with an 'against' hp is taken within
@@ -660,7 +664,7 @@ def _structure(n: int, hparams: dict[str, Any], condition_on: list[str], against
     setting, n_settings = _cell_ids(codes, tuple(range(len(names))))
     # Environments: settings that differ in exactly one hyperparameter. For hp k, group the
     # settings by everything else; every pair of settings inside a group is an environment.
-    ea, eb = [], []
+    ea, eb, ek, ec, ew = [], [], [], [], []
     if names and n:
         first = np.zeros(n_settings, dtype=np.int64)
         first[setting[::-1]] = np.arange(n)[::-1]     # a representative model per setting
@@ -677,14 +681,18 @@ def _structure(n: int, hparams: dict[str, Any], condition_on: list[str], against
             partner, owner = _expand(np.arange(o.size) + 1, later)
             ea.append(o[owner])
             eb.append(o[partner])
-    env_a = np.concatenate(ea) if ea else np.zeros(0, dtype=np.int64)
-    env_b = np.concatenate(eb) if eb else np.zeros(0, dtype=np.int64)
+            ek.append(np.full(owner.size, k, dtype=np.int64))
+            ec.append(gran_cells[k][0][first[o[owner]]])
+            ew.append(sizes[gs[owner]] == 2)
+    cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dtype=dt)   # noqa: E731
+    env_a, env_b, env_hp, env_cell = (cat(v, np.int64) for v in (ea, eb, ek, ec))
+    env_whole = cat(ew, bool)
     within = [_encode(hparams[h], n, h)[0] for h in against_within]
     against_cells = _cell_ids(np.stack(within, axis=1) if within else np.zeros((n, 0), np.int64),
                               list(range(len(within))))
     grid = [_pgdl_grid(hparams, s) for s in subsets] if cells == "value_pairs" else []
     return _Structure(n, subsets, subset_cells, names, gran_cells, gran_codes, setting, n_settings,
-                      env_a, env_b, list(against), [enc[h][1] for h in against], against_cells, grid,
+                      env_a, env_b, env_hp, env_cell, env_whole, list(against), [enc[h][1] for h in against], against_cells, grid,
                       list(dict.fromkeys(condition_on)))
 
 
@@ -793,17 +801,20 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
             K = int(gc.max()) + 1 if gc.size else 1
             k_vals = np.bincount(np.unique(cm * K + gc[m]) // K, minlength=nc)
             p["gran"].append((blocks.add(cm, nc, rx, ry, rq, m), k_vals >= 2))
-        # sign-error: settings, and the union of both settings of every environment
+        # sign-error: settings, and the union of both settings of every environment whose
+        # granulated cell (above) is not already exactly that union
         if st.env_a.size and opts.pair_weight == "none":
             s = st.setting[m]
             p["settings"] = blocks.add(s, st.n_settings, rx, ry, rq, m)
             order = np.argsort(s, kind="stable")
             size = np.bincount(s, minlength=st.n_settings)
             start = np.cumsum(size) - size
-            ia, ea = _expand(start[st.env_a], size[st.env_a])
-            ib, eb = _expand(start[st.env_b], size[st.env_b])
+            rest = np.flatnonzero(~st.env_whole)
+            ia, ea = _expand(start[st.env_a[rest]], size[st.env_a[rest]])
+            ib, eb = _expand(start[st.env_b[rest]], size[st.env_b[rest]])
             el = order[np.concatenate([ia, ib])]
-            p["envs"] = blocks.add(np.concatenate([ea, eb]), st.env_a.size, rx[el], ry[el], rq[el], m[el])
+            p["envs"] = blocks.add(np.concatenate([ea, eb]), rest.size, rx[el], ry[el], rq[el], m[el])
+            p["env_rest"] = rest
             p["env_sizes"] = size[st.env_a].astype(float) * size[st.env_b]
         p["xy"] = (m, x, y)
         plan[name] = p
@@ -849,7 +860,8 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
         if not st.env_a.size:
             losses = np.zeros(0)
         elif opts.pair_weight == "none":
-            losses = _env_losses_counts(counts[p["settings"]], counts[p["envs"]], st, p["env_sizes"], opts)
+            union = _env_unions(counts, p, st)
+            losses = _env_losses_counts(counts[p["settings"]], union, st, p["env_sizes"], opts)
         else:
             losses = _env_losses_weighted(m, x, y, st, opts)
         if opts.seed_noise_z > 0 and losses.size:
@@ -867,13 +879,26 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
     return out
 
 
-def _env_losses_counts(cs: PairCounts, ce: PairCounts, st: _Structure, nab: np.ndarray,
-                       opts: ScoreOptions) -> np.ndarray:
+def _env_unions(counts: list[PairCounts], p: dict, st: _Structure) -> tuple[np.ndarray, np.ndarray]:
+    """(C, D) of the union of each environment's two settings: its own block, or the
+    granulated cell of its hyperparameter when that cell is the union (a 2-level hp)."""
+    C = np.empty(st.env_a.size)
+    D = np.empty(st.env_a.size)
+    own = counts[p["envs"]]
+    C[p["env_rest"]], D[p["env_rest"]] = own.C, own.D
+    for k, (b, _) in enumerate(p["gran"]):
+        sel = np.flatnonzero(st.env_whole & (st.env_hp == k))
+        C[sel], D[sel] = counts[b].C[st.env_cell[sel]], counts[b].D[st.env_cell[sel]]
+    return C, D
+
+
+def _env_losses_counts(cs: PairCounts, union: tuple[np.ndarray, np.ndarray], st: _Structure,
+                       nab: np.ndarray, opts: ScoreOptions) -> np.ndarray:
     """Unweighted sign-error per environment from counts: the cross pairs of settings A and
     B are the pairs of A u B minus those inside A and inside B."""
     a, b = st.env_a, st.env_b
-    Cx = ce.C - cs.C[a] - cs.C[b]
-    Dx = ce.D - cs.D[a] - cs.D[b]
+    Cx = union[0] - cs.C[a] - cs.C[b]
+    Dx = union[1] - cs.D[a] - cs.D[b]
     if opts.tie_rule == "drop":
         n_used = Cx + Dx
         loss_sum = Dx
