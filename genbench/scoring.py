@@ -255,7 +255,8 @@ def _count_earlier_greater(x: np.ndarray, q: np.ndarray, base: int = 32,
     step = max(1, (1 << 20) // (B * B))         # rows per slice: bounded memory
     for r0 in range(0, X.shape[0], step):
         xs, qs = X[r0:r0 + step], Q[r0:r0 + step]
-        cnt[r0:r0 + step] = ((xs[:, None, :] > qs[:, :, None]) & earlier).sum(axis=2)
+        cnt[r0:r0 + step] = ((xs[:, None, :] > qs[:, :, None]) & earlier).view(np.uint8).sum(
+            axis=2, dtype=np.uint8 if B < 256 else np.int64)     # byte sums: B < 256 fits
     out = cnt.reshape(-1)
     order = np.argsort(X, axis=1, kind="stable")
     idx = (order + (np.arange(X.shape[0], dtype=np.int64) * B)[:, None]).reshape(-1)
@@ -303,6 +304,22 @@ def _close_pairs_sorted(key: np.ndarray, qkey: np.ndarray, owner: np.ndarray, n_
     return out
 
 
+def _near_pairs(key: np.ndarray, qkey: np.ndarray, budget: int = 4) -> tuple[np.ndarray, np.ndarray] | None:
+    """For ``key`` sorted (qkey its element's upper bound): every pair (i, j) of sorted
+    positions with key_i < key_j <= qkey_i, as two index arrays, or None when there are
+    more than ``budget`` per element (a wide tolerance: then the count engine takes the
+    tolerance itself, which costs a second merge per level)."""
+    new = np.empty(key.size, dtype=bool)
+    new[:1] = True
+    new[1:] = key[1:] != key[:-1]
+    run_end = np.append(np.flatnonzero(new)[1:], key.size)[np.cumsum(new) - 1]
+    cnt = np.searchsorted(key, qkey, side="right") - run_end
+    if int(cnt.sum()) > budget * key.size:
+        return None
+    j, i = _expand(run_end, cnt)
+    return i, j
+
+
 def _pair_counts_ranked(grp: np.ndarray, rx: np.ndarray, ry: np.ndarray, rq: np.ndarray,
                         n_groups: int) -> PairCounts:
     """:func:`pair_counts` on integer ranks (rx of x; ry, rq of y and y + tol, from
@@ -340,8 +357,16 @@ def _pair_counts_ranked(grp: np.ndarray, rx: np.ndarray, ry: np.ndarray, rq: np.
     # In (group, x, y) order, an earlier element l pairs with k as discordant iff
     # y_l > y_k + tol (ties in x are sorted by y, so they never qualify; earlier groups
     # have smaller group-prefixed keys, so they never qualify either).
-    dis = _count_earlier_greater(yk, qk, monotone=True)    # y <= y' => y + tol <= y' + tol
-    D = np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
+    near = _near_pairs(yk[o2], qk[o2]) if has_tol else None
+    if near is None:
+        dis = _count_earlier_greater(yk, qk, monotone=True)    # y <= y' => y + tol <= y' + tol
+        D = np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
+    else:   # discordant without tolerance, less the pairs the tolerance ties
+        lo_y, hi_y = o2[near[0]], o2[near[1]]
+        undone = gs[lo_y[hi_y < lo_y]]          # the higher gap comes first in x order
+        dis = _count_earlier_greater(yk, yk)
+        D = (np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
+             - np.bincount(undone, minlength=n_groups))
     C = P - tx - ty + tb - D
     return PairCounts(P, tx, ty, tb, C, D)
 

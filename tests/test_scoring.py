@@ -246,7 +246,7 @@ def test_count_earlier_greater_bruteforce():
                 assert _count_earlier_greater(x, q, monotone=monotone).tolist() == want, (n, hi)
 
 
-@pytest.mark.parametrize("tol", [0.0, 0.1, 0.25])
+@pytest.mark.parametrize("tol", [0.0, 0.1, 0.25, 3.0])     # 3.0: too many near pairs to list
 def test_pair_counts_bruteforce(tol):
     rng = np.random.default_rng(2)
     n, G = 60, 5
@@ -268,10 +268,11 @@ def test_pair_counts_bruteforce(tol):
         assert (got.P[k], got.tx[k], got.ty[k], got.tb[k], got.C[k], got.D[k]) == (P, tx, ty, tb, C, D)
 
 
-def test_pair_counts_large_groups_against_broadcast():
+@pytest.mark.parametrize("tol", [0.015, 0.05, 1.0])   # near pairs listed (0.015) or counted by merges
+def test_pair_counts_large_groups_against_broadcast(tol):
     """Many merge levels (groups of hundreds) against an O(n^2) broadcast reference."""
     rng = np.random.default_rng(3)
-    n, G, tol = 1500, 3, 0.05
+    n, G = 1500, 3
     grp = rng.integers(0, G, n)
     x = np.round(rng.normal(size=n), 2)
     y = np.round(rng.normal(size=n), 2)
