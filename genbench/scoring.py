@@ -345,28 +345,32 @@ def _pair_counts_ranked(grp: np.ndarray, rx: np.ndarray, ry: np.ndarray, rq: np.
     xid = np.cumsum(newx) - 1
     t = np.bincount(xid).astype(np.float64)
     tx = np.bincount(gs[newx], weights=t * (t - 1) / 2, minlength=n_groups)
-    # ties in both: inside each (group, x) run, y is sorted, so xid * Ry + y is sorted
-    n_x = int(xid[-1]) + 1
-    tb_x = _close_pairs_sorted(xid * Ry + ys, xid * Ry + qs, xid, n_x, has_tol)
-    tb = np.bincount(gs[newx], weights=tb_x, minlength=n_groups)
-    # ties in y (within tolerance): sort by (group, y)
     yk = gs * Ry + ys
     qk = gs * Ry + qs
     o2 = np.argsort(yk)
-    ty = _close_pairs_sorted(yk[o2], qk[o2], gs[o2], n_groups, has_tol)
+    # a narrow tolerance: list the pairs it ties (y < y' <= y + tol), count without it, correct
+    near = _near_pairs(yk[o2], qk[o2]) if has_tol else None
+    wide = has_tol and near is None
+    # ties in both: inside each (group, x) run, y is sorted, so xid * Ry + y is sorted
+    n_x = int(xid[-1]) + 1
+    tb_x = _close_pairs_sorted(xid * Ry + ys, xid * Ry + qs, xid, n_x, wide)
+    tb = np.bincount(gs[newx], weights=tb_x, minlength=n_groups)
+    # ties in y (within tolerance): sort by (group, y)
+    ty = _close_pairs_sorted(yk[o2], qk[o2], gs[o2], n_groups, wide)
     # In (group, x, y) order, an earlier element l pairs with k as discordant iff
     # y_l > y_k + tol (ties in x are sorted by y, so they never qualify; earlier groups
     # have smaller group-prefixed keys, so they never qualify either).
-    near = _near_pairs(yk[o2], qk[o2]) if has_tol else None
     if near is None:
         dis = _count_earlier_greater(yk, qk, monotone=True)    # y <= y' => y + tol <= y' + tol
         D = np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
     else:   # discordant without tolerance, less the pairs the tolerance ties
-        lo_y, hi_y = o2[near[0]], o2[near[1]]
-        undone = gs[lo_y[hi_y < lo_y]]          # the higher gap comes first in x order
+        lo_y, hi_y = o2[near[0]], o2[near[1]]   # positions in (group, x, y) order
+        g = gs[lo_y]
+        ty += np.bincount(g, minlength=n_groups)
+        tb += np.bincount(g[xs[lo_y] == xs[hi_y]], minlength=n_groups)
         dis = _count_earlier_greater(yk, yk)
         D = (np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
-             - np.bincount(undone, minlength=n_groups))
+             - np.bincount(g[hi_y < lo_y], minlength=n_groups))   # higher gap first in x order
     C = P - tx - ty + tb - D
     return PairCounts(P, tx, ty, tb, C, D)
 
