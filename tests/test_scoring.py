@@ -268,9 +268,14 @@ def test_pair_counts_bruteforce(tol):
         assert (got.P[k], got.tx[k], got.ty[k], got.tb[k], got.C[k], got.D[k]) == (P, tx, ty, tb, C, D)
 
 
-@pytest.mark.parametrize("tol", [0.015, 0.05, 1.0])   # near pairs listed (0.015) or counted by merges
-def test_pair_counts_large_groups_against_broadcast(tol):
-    """Many merge levels (groups of hundreds) against an O(n^2) broadcast reference."""
+@pytest.mark.parametrize("tol", [0.0, 0.015, 0.05, 1.0])   # near pairs listed (0.015) or merged
+@pytest.mark.parametrize("fenwick", [True, False])
+def test_pair_counts_large_groups_against_broadcast(tol, fenwick, monkeypatch):
+    """Many merge levels (groups of hundreds) against an O(n^2) broadcast reference, with
+    large groups counted by scipy's Fenwick tree and, without it, by the merge sort."""
+    import genbench.scoring as scoring
+    if not fenwick:
+        monkeypatch.setattr(scoring, "_kendall_dis", None)
     rng = np.random.default_rng(3)
     n, G = 1500, 3
     grp = rng.integers(0, G, n)
