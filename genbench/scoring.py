@@ -304,10 +304,21 @@ def _close_pairs_sorted(key: np.ndarray, qkey: np.ndarray, owner: np.ndarray, n_
     return out
 
 
-try:    # a Fenwick-tree count of discordant pairs, compiled (scipy.stats.kendalltau's own)
-    from scipy.stats._stats import _kendall_dis
-except ImportError:  # pragma: no cover - a scipy without it: the numpy merge sort counts
-    _kendall_dis = None
+_kendall_dis: Any = "not loaded"
+
+
+def _fenwick() -> Any:
+    """scipy.stats.kendalltau's own compiled Fenwick-tree count of discordant pairs, or None
+    (a scipy without it: the numpy merge sort counts). Imported on first use: importing
+    scipy.stats takes about 0.7 s, paid only by populations with groups of 64 models or more."""
+    global _kendall_dis
+    if isinstance(_kendall_dis, str):
+        try:
+            from scipy.stats._stats import _kendall_dis as found
+        except ImportError:  # pragma: no cover
+            found = None
+        _kendall_dis = found
+    return _kendall_dis
 
 
 def _discordant(gs: np.ndarray, xs: np.ndarray, yk: np.ndarray, o2: np.ndarray,
@@ -318,7 +329,10 @@ def _discordant(gs: np.ndarray, xs: np.ndarray, yk: np.ndarray, o2: np.ndarray,
     dense ranks within the group), smaller ones and a scipy without it to
     :func:`_count_earlier_greater`. tests/test_scoring.py checks both against brute force."""
     size = np.bincount(gs, minlength=n_groups)
-    big = size >= min_size if _kendall_dis is not None else np.zeros(n_groups, dtype=bool)
+    big = size >= min_size
+    fenwick = _fenwick() if big.any() else None
+    if fenwick is None:
+        big[:] = False
     D = np.zeros(n_groups)
     small = ~big[gs]
     if small.any():
@@ -336,7 +350,7 @@ def _discordant(gs: np.ndarray, xs: np.ndarray, yk: np.ndarray, o2: np.ndarray,
         xi = xs.astype(np.intp)
         for g in np.flatnonzero(big):
             a, b = start[g], start[g] + size[g]
-            D[g] = _kendall_dis(xi[a:b], rank[a:b])
+            D[g] = fenwick(xi[a:b], rank[a:b])
     return D
 
 

@@ -269,9 +269,10 @@ def load_population(path: Path, gap: str = "gap", acc_gap: str | None = None,
 
 def _hparams(table: Table, col: str) -> np.ndarray:
     """A hyperparameter column as comparable values (see :func:`_hparam`); an all-number
-    column converts in one call."""
+    column converts in one call and stays float64 (scoring encodes it without a Python
+    object per model)."""
     try:
-        return table.floats(col).astype(object)
+        return table.floats(col)
     except ValueError:
         pass
     cells = table.columns[col]
