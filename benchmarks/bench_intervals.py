@@ -1,6 +1,7 @@
 """Coverage of genbench's score intervals on synthetic populations with a known truth.
 
-    python benchmarks/bench_intervals.py [--draws 200] [--resamples 100] [--n 60] [--json out.json]
+    python benchmarks/bench_intervals.py [--draws 200] [--resamples 200] [--n 60 200]
+        [--rho 0 0.3 0.5] [--methods subsample bootstrap] [--json out.json]
 
 Each draw is a population of ``--n`` models whose (measure, gap) is bivariate normal with
 correlation rho, and a hyperparameter ``a`` with 4 levels independent of both. Then Kendall's
@@ -9,7 +10,8 @@ sign-MI in bits is 1 - H_b((1 + tau)/2), also inside every cell of ``a`` (so the
 the conditional MI at |omega| = 1 is the same number; its cells have about n/4 models, where
 small-sample bias is largest). For each interval method (half-sample ``subsample``, the
 default, and the percentile ``bootstrap``) the script reports the share of draws whose 95%
-interval covers the truth, per score, and the mean interval width.
+interval covers the truth, per score, and the mean interval width. With 200 draws a true
+95% coverage reads 0.95 +- 0.015 (one binomial standard error).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -49,29 +52,33 @@ def measure(method: str, rho: float, n: int, draws: int, resamples: int, seed: i
             lo, hi = board["leaderboard"]["m"]["ci"][k]
             hits[k] += lo <= t <= hi
             width[k] += (hi - lo) / draws
-    return {"method": method, "rho": rho, "truth": truth,
+    return {"method": method, "n": n, "rho": rho, "truth": truth,
             "coverage": {k: v / draws for k, v in hits.items()}, "mean_width": width}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--draws", type=int, default=200)
-    ap.add_argument("--resamples", type=int, default=100)
-    ap.add_argument("--n", type=int, default=60)
-    ap.add_argument("--rho", type=float, nargs="+", default=[0.0, 0.5])
+    ap.add_argument("--resamples", type=int, default=200)
+    ap.add_argument("--n", type=int, nargs="+", default=[60, 200])
+    ap.add_argument("--rho", type=float, nargs="+", default=[0.0, 0.3, 0.5])
+    ap.add_argument("--methods", nargs="+", default=["subsample", "bootstrap"])
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = []
-    for rho in args.rho:
-        for method in ("subsample", "bootstrap"):
-            r = measure(method, rho, args.n, args.draws, args.resamples, seed=1)
-            rows.append(r)
-            cov = ", ".join(f"{k} {v:.3f}" for k, v in r["coverage"].items())
-            wid = ", ".join(f"{k} {v:.3f}" for k, v in r["mean_width"].items())
-            print(f"rho={r['rho']:.2f} {r['method']:>9}: coverage {cov}; mean width {wid}", flush=True)
+    for n in args.n:
+        for rho in args.rho:
+            for method in args.methods:
+                r = measure(method, rho, n, args.draws, args.resamples, seed=1)
+                rows.append(r)
+                cov = ", ".join(f"{k} {v:.3f}" for k, v in r["coverage"].items())
+                wid = ", ".join(f"{k} {v:.3f}" for k, v in r["mean_width"].items())
+                print(f"n={n} rho={r['rho']:.2f} {r['method']:>9}: coverage {cov}; mean width {wid}",
+                      flush=True)
     out = {"n": args.n, "draws": args.draws, "resamples": args.resamples, "level": 0.95,
            "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
+           "load_average_1min_at_end": os.getloadavg()[0], "cpus": os.cpu_count(),
            "python": platform.python_version(), "numpy": np.__version__}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -149,7 +149,7 @@ class Table:
 
     def column(self, name: str) -> str:
         """The column of a hyperparameter named with or without its role prefix."""
-        columns = _columns(self.rows)
+        columns = self.__dict__.get("_names") or self.__dict__.setdefault("_names", _columns(self.rows))
         if name in columns:
             return name
         return next((p + name for p in ROLES if p + name in columns), name)
@@ -217,6 +217,7 @@ def score_table(t: Table, gap: str = "gap", acc_gap: str | None = None,
     ag = t.against if against is None else [t.column(c) for c in against]
     include_unconverged = include_unconverged or bool(o.get("include_unconverged"))
     rows = t.rows if include_unconverged else [r for r in t.rows if not _unconverged(r)]
+    rows = t.rows if len(rows) == len(t.rows) else rows     # the file's own rows keep its columns
     within = None if against_within is None else [t.column(c) for c in against_within]
     loaded = cond + [c for c in within or [] if c not in cond]
     pop = load_population(Path(), gap=gap, acc_gap=acc_gap, condition_on=loaded, against=ag,

@@ -58,11 +58,13 @@ def _fixed(ks: list[str]) -> list[Column]:
                "average sign-error over environments (lower is better)"),
         Column("robust_sign_error", "max sign-err", "robust_sign_error", "low",
                "robust (maximum) sign-error over environments (lower is better)"),
+        Column("sign_error_q90", "q90 sign-err", "sign_error_q90", "low",
+               "90th percentile of the sign-error over environments (lower is better)"),
     ]
 
 
 SORT_HELP = ("gg0/gg1/gg2 (GG |ω|=k), gg0_min/gg1_min/gg2_min, tau, gtau, sign_error, "
-             "robust_sign_error, mi_<hyperparameter>; default: the preset's headline score")
+             "robust_sign_error, sign_error_q90, mi_<hyperparameter>; default: the preset's headline score")
 
 
 def _entries(board: dict) -> dict[str, dict]:

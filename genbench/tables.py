@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -55,8 +56,17 @@ class Table:
         return value
 
 
+class Rows(list):
+    """The rows of a file (:func:`read_rows`), remembering the columns they came from, so that
+    scoring them all (:func:`table_from_rows`) does not rebuild the columns dict by dict."""
+
+    table: Table | None = None
+
+
 def table_from_rows(rows: list[dict[str, Any]]) -> Table:
     """Rows already read (dicts of one model each) as a table; a missing key is empty."""
+    if isinstance(rows, Rows) and rows.table is not None and len(rows) == rows.table.n_rows:
+        return rows.table
     names = list(dict.fromkeys(k for r in rows for k in r))
     text = all(isinstance(r.get(c, ""), str) for r in rows for c in names)
     return Table({c: [r.get(c, "" if text else None) for r in rows] for c in names}, len(rows),
@@ -66,7 +76,9 @@ def table_from_rows(rows: list[dict[str, Any]]) -> Table:
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The table at ``path`` (checked as :func:`read_table` checks it) as one dict per row."""
     t = read_table(path)
-    return [dict(zip(t.columns, cells)) for cells in zip(*t.columns.values())]
+    rows = Rows(map(dict, map(zip, itertools.repeat(list(t.columns)), zip(*t.columns.values()))))
+    rows.table = t
+    return rows
 
 
 def read_table(path: Path) -> Table:
@@ -101,14 +113,11 @@ def _read_csv(text: str) -> Table:
 
 
 def _read_csv_rows(text: str) -> Table:
+    if '"' not in text:                 # no quoting: a cell is what lies between commas
+        return _split_csv(text)
     reader = csv.reader(text.splitlines())
     header = next(reader, [])
-    seen: dict[str, int] = {}
-    for i, name in enumerate(header, start=1):
-        if name in seen:
-            raise TableError(f"line 1: column '{name}' appears twice (columns {seen[name]} and "
-                             f"{i}); give every column its own name")
-        seen[name] = i
+    _check_header(header)
     rows = []
     for cells in reader:
         if not cells:
@@ -119,6 +128,32 @@ def _read_csv_rows(text: str) -> Table:
         rows.append(cells)
     columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in header]
     return Table(dict(zip(header, columns)), len(rows), text=True)
+
+
+def _split_csv(text: str) -> Table:
+    """The csv module's reading of a CSV without quotes, by str.split (a few C calls instead
+    of a Python object per row): blank lines skipped, ragged rows named by line."""
+    lines = text.splitlines()
+    header = lines[0].split(",") if lines else []
+    _check_header(header)
+    body = [(i, line) for i, line in enumerate(lines[1:], start=2) if line]
+    commas = len(header) - 1
+    for i, line in body:
+        if line.count(",") != commas:
+            raise TableError(f"line {i}: {line.count(',') + 1} cells, but the header has "
+                             f"{len(header)} columns; fix that row")
+    cells = ",".join(line for _, line in body).split(",") if body else []
+    k = len(header)
+    return Table({name: cells[j::k] for j, name in enumerate(header)}, len(body), text=True)
+
+
+def _check_header(header: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, start=1):
+        if name in seen:
+            raise TableError(f"line 1: column '{name}' appears twice (columns {seen[name]} and "
+                             f"{i}); give every column its own name")
+        seen[name] = i
 
 
 def _read_jsonl(text: str) -> Table:
@@ -234,9 +269,10 @@ def load_population(path: Path, gap: str = "gap", acc_gap: str | None = None,
 
 def _hparams(table: Table, col: str) -> np.ndarray:
     """A hyperparameter column as comparable values (see :func:`_hparam`); an all-number
-    column converts in one call."""
+    column converts in one call and stays float64 (scoring encodes it without a Python
+    object per model)."""
     try:
-        return table.floats(col).astype(object)
+        return table.floats(col)
     except ValueError:
         pass
     cells = table.columns[col]

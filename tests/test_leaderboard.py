@@ -71,7 +71,7 @@ def test_compact_columns_are_the_headline_gg_tau_and_sign_error():
     assert headline(board).id == "gg2"
     wide = [c.id for c in columns(board, wide=True)]
     assert wide == ["mi_regularizers.dropout.rate", "gg2", "gg1", "gg0", "gg2_min", "gg1_min",
-                    "gg0_min", "tau", "gtau", "sign_error", "robust_sign_error"]
+                    "gg0_min", "tau", "gtau", "sign_error", "robust_sign_error", "sign_error_q90"]
     # the minimum-reducing presets headline the minimum over omega
     jiang = _board()
     assert headline(jiang).id == "gg2_min"
