@@ -394,9 +394,9 @@ def test_laplace_on_every_combination_equals_the_brute_force_kronecker_volume(to
 
 
 def test_sampling_sees_the_trained_weights_not_the_regularizers_noise(torch_threads):
-    """Every regularizer x family: the Langevin chain runs on the noise-free loss
+    """Every regularizer x family: the posterior draws use the noise-free loss
     (full-batch, eval mode), so removing every tap's noise handler changes nothing;
-    a finite log-volume <= 0 per layer, and the chain kept what it says."""
+    a finite log-volume <= 0 per layer, every draw kept and its solve converged."""
     import torch.nn.functional as F
 
     from genbench import taps
@@ -404,7 +404,7 @@ def test_sampling_sees_the_trained_weights_not_the_regularizers_noise(torch_thre
 
     reg = get_registry()
     cls = reg.get("volume_estimator", "sampling").cls
-    est = cls(cls.Params(n_samples=20, burn_in=2, thin=1, debias=False))
+    est = cls(cls.Params(n_samples=20, tol=0.2, debias=False))  # accuracy is not the point here
     for family, fparams in TINY_FAMILIES.items():
         data = tiny_data((1, 8, 8))
         for name, rparams in ACTIVE.items():
@@ -418,6 +418,7 @@ def test_sampling_sees_the_trained_weights_not_the_regularizers_noise(torch_thre
             torch.manual_seed(0)
             bare = est.estimate(model, data, loss_fn=F.cross_entropy)
             assert bare["layers"] == out["layers"], (family, name)
-            assert (out["kept"], out["tried"]) == (20, 22), (family, name)
+            assert (out["kept"], out["tried"]) == (20, 20), (family, name)
+            assert out["residual"] < 0.2, (family, name)
             assert all(np.isfinite(v["log_vol"]) and v["log_vol"] <= 0
                        for v in out["layers"].values()), (family, name)
