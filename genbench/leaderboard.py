@@ -197,9 +197,7 @@ def _caption(board: dict, cols: list[Column], sort_col: Column, intervals: bool)
             parts.append(f"|Δgap| <= {o.get('gap_tol')} is a tie")
         parts.append(f"cells: {o.get('cell_reduce')}")
         if o.get("bootstrap"):
-            parts.append(f"{o.get('ci_level', 0.95):.0%} bootstrap intervals from "
-                         f"{o.get('bootstrap')} resamples" + ("" if intervals else
-                                                              " (shown with --intervals)"))
+            parts.append(interval_label(o) + ("" if intervals else " (shown with --intervals)"))
         lines.append("; ".join(parts) + ".")
     unconverged = (board.get("left_out") or {}).get("unconverged")
     if unconverged is not None:  # said even when 0: a reader should not have to wonder
@@ -286,3 +284,12 @@ def to_markdown(board: dict, sort_by: str | None = None, wide: bool = False,
     caption = _caption(board, cols, _resolve_sort(board, sort_by), intervals)
     lines += [""] + [esc(c) + "  " for c in caption]
     return "\n".join(lines) + "\n"
+
+
+def interval_label(options: dict) -> str:
+    """What the score intervals are, in words (docs/scoring.md, "Intervals")."""
+    level, b = f"{options.get('ci_level', 0.95):.0%}", options.get("bootstrap")
+    if options.get("interval", "subsample") == "subsample":
+        return (f"{level} bias-corrected half-sample intervals over models (no duplicate "
+                f"models), {b} resamples")
+    return f"{level} percentile bootstrap intervals over models, {b} resamples"

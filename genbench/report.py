@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from genbench import findings as fnd
+from genbench.leaderboard import interval_label
 
 Progress = Callable[[str, int], Callable[[str], None]]
 DEFAULT_BOOTSTRAP = 200  # intervals on the leaderboard when the suite asks for none
@@ -140,12 +141,25 @@ def load_run(store: str | Path, row: dict[str, Any], bootstrap: int | None = Non
         if tracked and tracked[0] not in m["volume"]:
             m["volume"][tracked[0]] = tracked[1]
             run.volume_sources.setdefault(tracked[0], "tracked during training, last epoch")
+    _fill_noise_off(run.models)
     prov = [p for m in stored.values() for p in m["provenance"]] + [r["provenance"] for r in results]
     run.provenance = list({json.dumps(p, sort_keys=True): p for p in prov if isinstance(p, dict)}.values())
     for r in results:
         if r["kind"] == "measure" and r["name"] in suite.measures and r["seconds"]:
             run.measure_seconds[r["name"]] = run.measure_seconds.get(r["name"], 0.0) + r["seconds"]
     return run
+
+
+def _fill_noise_off(models: list[dict]) -> None:
+    """An estimate stored without ``noise_off`` had no noise in its factors (no noise
+    regularizer bound), so its noise-off value is the value itself: the undropped twins
+    then anchor the noise-off line and the estimator-share finding. Only for estimators
+    that give ``noise_off`` somewhere in the run."""
+    with_off = {e for m in models for e in m["volume_noise_off"]}
+    for m in models:
+        for e in with_off:
+            if e not in m["volume_noise_off"] and m["volume"].get(e) is not None:
+                m["volume_noise_off"][e] = m["volume"][e]
 
 
 def _volumes(results: list[dict], suite: Any, registry: Any) -> dict[str, dict[str, dict]]:
@@ -236,7 +250,8 @@ def _inline(text: str) -> str:
 CSS = """body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1100px;
 margin:24px auto;padding:0 16px;color:#1a1a1a;line-height:1.45;font-size:15px}
 h1{font-size:26px}h2{font-size:21px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:36px}
-h3{font-size:17px;margin-top:26px}table{border-collapse:collapse;margin:10px 0;font-size:13px}
+h3{font-size:17px;margin-top:26px}table{border-collapse:collapse;margin:10px 0;font-size:12px}
+.wide{overflow-x:auto}
 th,td{border:1px solid #d0d0d0;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td{font-variant-numeric:tabular-nums}figure{margin:14px 0}
 img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#444;margin-top:4px}
@@ -259,7 +274,8 @@ def to_html(doc: Doc, title: str) -> str:
             head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
             body = "".join("<tr>" + "".join(f"<td>{_cell_html(c)}</td>" for c in r)
                            + "</tr>" for r in b[2])
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}"
+                       "</tbody></table></div>")
         elif b[0] == "figure":
             data = base64.b64encode(Path(b[1]).read_bytes()).decode()
             out.append(f"<figure><img alt='{html.escape(Path(b[1]).stem)}' "
@@ -345,8 +361,11 @@ def provenance(doc: Doc, run: RunData) -> None:
     converged = (f"{sum(c is True for c in conv)} converged" if any(c is not None for c in conv)
                  else "convergence: not in this run")
     versions = summary.get("versions") or {}
-    plugins = sorted({(p.get("plugin", "?"), p.get("plugin_version", "?")) for p in run.provenance})
-    components = sorted({f"{p.get('kind')}:{p.get('name')} v{p.get('version')}" for p in run.provenance})
+    # Shared quantities (sigma, alpha) are genbench's own: no plugin, kind "shared".
+    plugins = sorted({(p["plugin"], p.get("plugin_version", "?")) for p in run.provenance
+                      if p.get("plugin")})
+    components = sorted({f"{p.get('kind') or 'shared'}:{p.get('name')} v{p.get('version')}"
+                         for p in run.provenance})
     stages = summary.get("stage_seconds")
     stage_text = (", ".join(f"{k} {v:.1f} s" for k, v in stages.items()) if stages
                   else "per stage: not in this run")
@@ -425,9 +444,7 @@ def leaderboard_table(doc: Doc, run: RunData) -> None:
 
 
 def _interval_text(o: dict) -> str:
-    b = o.get("bootstrap")
-    return (f"[{o.get('ci_level', 0.95):.0%} bootstrap intervals over models, {b} resamples]"
-            if b else "intervals: not in this run (bootstrap 0)")
+    return f"[{interval_label(o)}]" if o.get("bootstrap") else "intervals: not in this run (bootstrap 0)"
 
 
 def _direction(entry: dict) -> str:

@@ -269,6 +269,25 @@ def test_estimator_share_from_noise_on_and_off():
     assert fnd.estimator_share(population(0.4, 0.001)).verdict is None
 
 
+def test_undropped_models_anchor_the_noise_off_line():
+    """As stored: Laplace gives noise_off only where a noise regularizer is bound, so the
+    rate-0 twins have none; their noise-off value is their value (no noise to remove), and
+    the share is then computed against them. An estimator that never gives noise_off
+    (sampling) gets no noise-off values."""
+    from genbench.report import _fill_noise_off
+
+    pop = population(0.4, 0.001, rates=(0.0, 0.5))
+    for m in pop:
+        m["volume"]["sampling"] = 0.1
+        rate = m["hparams"]["regularizers.dropout.rate"]
+        m["volume_noise_off"] = ({"laplace": m["volume"]["laplace"] - 0.3 * rate} if rate else {})
+    _fill_noise_off(pop)
+    assert all(m["volume_noise_off"]["laplace"] == m["volume"]["laplace"]
+               for m in pop if m["hparams"]["regularizers.dropout.rate"] == 0)
+    assert not any("sampling" in m["volume_noise_off"] for m in pop)
+    assert "estimator's share 75%" in fnd.estimator_share(pop).parts[0].numbers
+
+
 def board(pac: tuple[float, list | None], other: float, tau_other: float = 0.5) -> dict:
     return {"pac_s_laplace": {"mi": {"0": pac[0]}, "kendall_tau": 0.5, "ci": {"mi.0": pac[1]},
                               "sign_error": 0.3},
