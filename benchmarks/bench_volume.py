@@ -9,7 +9,7 @@ factors, and the paper-compatible 16x16-blocks figure) and a damping sweep.
 
     python benchmarks/bench_volume.py                       # default suite, trains if needed
     python benchmarks/bench_volume.py --limit 6 --science   # fewer models, plus volume tables
-    python benchmarks/bench_volume.py --quick --json cost.json   # 4 models, 1 repeat, < 3 min
+    python benchmarks/bench_volume.py --quick --json cost.json   # 4 models of the first architecture, 1 repeat
 
 Prints markdown tables (docs/volume.md quotes them). ``--json PATH`` writes the cost per
 model in training epochs (median over models): ``{"laplace_epochs_exact",
@@ -135,8 +135,11 @@ def main() -> None:
     lap_params = dict(suite.volume.get("laplace", {}))
     with Store(args.store) as st:
         t0 = time.perf_counter()
-        if args.quick:  # spread over the grid, so every dropout rate is timed
-            specs = specs[:: max(1, len(specs) // args.limit)][: args.limit]
+        if args.quick:  # the first architecture's models, spread over the dropout rates
+            first = {k: v for k, v in specs[0].hparams.items() if not k.startswith("regularizers.")}
+            specs = [s for s in specs if all(s.hparams.get(k) == v for k, v in first.items())]
+            step = (len(specs) - 1) / max(args.limit - 1, 1)
+            specs = [specs[round(i * step)] for i in range(min(args.limit, len(specs)))]
         trained = train_population(specs, suite, st, registry, "cpu", _quiet, data=data)
         print(f"<!-- trained {trained['trained']} models in {time.perf_counter() - t0:.0f} s; "
               f"torch threads {torch.get_num_threads()} -->")
