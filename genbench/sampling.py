@@ -180,7 +180,7 @@ def sampled_block_det(samples: torch.Tensor, block: int = 4) -> float:
     return float(torch.exp(batched_log_vol(cov)).nan_to_num(0.0).mean())
 
 
-# -- the default: preconditioned Langevin on the training loss --------------------------------
+# -- mode="langevin": preconditioned Langevin on the Gauss-Newton posterior or the loss --------
 @dataclass
 class LayerChain:
     """One measured layer: its samples (n, rows, cols) and how to read them."""
