@@ -471,7 +471,7 @@ class PosteriorDraws:
     layers: dict[str, LayerChain]
     iterations: int          # CG iterations (each one batched Gauss-Newton product)
     residual: float          # the worst draw's relative residual, preconditioned norm
-    products: int            # Gauss-Newton products on single directions
+    passes: int              # passes over the training set on one direction, in all
 
 
 def posterior_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, *,
@@ -512,9 +512,12 @@ def posterior_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn:
     w, iterations, residual = _solve(product, layers, r, tol, max_iter)
     for p in graph.params:
         p.requires_grad_(False)
+    # Passes: the factors (one per class when exact, else one), the perturbations (one
+    # backward per draw) and the solves (one Gauss-Newton product per draw per iteration).
+    factor_passes = int(y.max()) + 2 if fisher == "exact" and ce else 2
     draws = PosteriorDraws({lay.key: LayerChain(lay.key, d.cpu(), lay.ones_null, float(n_samples))
                             for lay, d in zip(layers, w)}, iterations, residual,
-                           iterations * n_samples)
+                           factor_passes + n_samples * (iterations + 1))
     if residual > tol:
         raise ValueError(f"conjugate gradients reached a relative residual of {residual:.2g} "
                          f"after {max_iter} iterations, not {tol:g}: raise max_iter or damping")

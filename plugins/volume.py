@@ -199,11 +199,10 @@ class Sampling(VolumeEstimator):
                                          include_bias=p.include_bias)
         layers, details = self._fit(draws.layers)
         out = volume.summarize(layers)
-        # Cost in full-batch passes on one direction: the solves, the perturbations, the factors.
         out.update({"mode": "exact", "kept": p.n_samples, "tried": p.n_samples,
                     "ess_min": float(p.n_samples), "iterations": draws.iterations,
-                    "residual": draws.residual,
-                    "epochs": draws.products + p.n_samples + 1, "layer_details": details})
+                    "residual": draws.residual, "epochs": draws.passes,
+                    "layer_details": details})
         return out
 
     def _langevin(self, model, x, y, loss_fn):
