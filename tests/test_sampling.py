@@ -320,6 +320,22 @@ def test_langevin_plugin_reports_the_posterior_and_what_it_cost():
     assert plain.estimate(tapped, bundle(), loss_fn=F.cross_entropy)["layers"] == clean["layers"]
 
 
+def test_exact_plugin_reports_the_posterior_and_what_it_cost():
+    """The default mode through the plugin: the known-Hessian volume, every draw kept and
+    independent, the solve's residual and its cost in passes over the data."""
+    from genbench.plugins import get_registry
+
+    cls = get_registry().get("volume_estimator", "sampling").cls
+    net, x, y, loss, h = kron_problem()
+    est = cls(cls.Params(n_samples=100, damping=1e-6, tol=1e-6)).estimate(
+        net, DataBundle("toy", x, y, x[:4], y[:4], 3), loss_fn=loss)
+    assert est["mode"] == "exact"
+    assert est["log_vol_sum"] == pytest.approx(truth(h, 1e-6), rel=0.1)
+    assert (est["kept"], est["tried"], est["ess_min"]) == (100, 100, 100.0)
+    assert est["residual"] < 1e-6
+    assert est["epochs"] == 2 + 100 * (est["iterations"] + 1)  # factors, perturbations, solves
+
+
 def test_each_mode_refuses_the_params_of_the_others():
     from genbench.plugins import get_registry
 
