@@ -394,12 +394,17 @@ def _volume_table(report: dict[str, Any], estimator: str) -> None:
     table = Table(title=f"weight volume ({estimator}), {len(report['models'])} models")
     hps = sorted({h for m in report["models"].values() for h in m["hparams"]})
     names = short_names(hps)
-    for col in ["model", *[names[h] for h in hps], "vol/dim (mean)", "sum log vol", "layers", "s"]:
+    diag = [d for d in ("ess_min", "epochs") if any(d in m.get("diagnostics", {})
+                                                      for m in report["models"].values())]
+    for col in ["model", *[names[h] for h in hps], "vol/dim (mean)", "sum log vol", "layers",
+                *[{"ess_min": "ESS", "epochs": "passes"}[d] for d in diag], "s"]:
         table.add_column(col, justify="right", no_wrap=True)
     for key, m in report["models"].items():
         table.add_row(key[:8], *[str(m["hparams"].get(h, "")) for h in hps],
                       f"{m['vol_per_dim_mean']:.4f}", f"{m['log_vol_sum']:.1f}",
-                      str(len(m["layers"])), f"{m['seconds']:.2f}")
+                      str(len(m["layers"])),
+                      *[f"{m.get('diagnostics', {}).get(d, float('nan')):.0f}" for d in diag],
+                      f"{m['seconds']:.2f}")
     console.print(table)
     err.print(f"{estimator} params from {report['settings_from']}", highlight=False)
     for key, error in report.get("failed", {}).items():

@@ -30,6 +30,9 @@ def stored_settings(st: Store, estimator: str) -> tuple[dict[str, Any], str]:
     return dict(suite.volume.get(estimator, {})), f"suite {suite.name!r} (the store's last run)"
 
 
+DIAGNOSTICS = ("mode", "kept", "tried", "ess_min", "iterations", "residual", "epochs", "damping")
+
+
 def model_entry(model: dict[str, Any], est: dict[str, Any], seconds: float) -> dict[str, Any]:
     """One model's row of the report: the estimate's figures, and its noise-off twin."""
     def figures(e: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +43,8 @@ def model_entry(model: dict[str, Any], est: dict[str, Any], seconds: float) -> d
                 "vol_per_dim_mean": float(e["vol_per_dim_mean"])}
 
     row = {"hparams": model["hparams"], **figures(est), "seconds": float(seconds)}
+    # How the estimate was obtained (sampling: kept/tried, ESS, the solve, its cost in passes).
+    row["diagnostics"] = {k: est[k] for k in DIAGNOSTICS if k in est}
     if "noise_off" in est:
         row["noise_off"] = figures(est["noise_off"])
     return row
@@ -54,7 +59,9 @@ def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] 
     The estimator's params are the suite's ``[volume.<estimator>]`` (with no suite named,
     those of the suite last run in the store), overridden by ``params``. Returns
     ``{"estimator", "params", "settings_from", "models": {key: {"hparams", "layers",
-    "log_vol_sum", "vol_per_dim_mean", "seconds"[, "noise_off"]}}}`` (``seconds``: the
+    "log_vol_sum", "vol_per_dim_mean", "seconds", "diagnostics"[, "noise_off"]}}}``
+    (``diagnostics``: the estimate's kept/tried, ESS, iterations, residual, epochs where it
+    gives them; ``seconds``: the
     cost of the estimate when it was computed; ``noise_off``: the same estimate with the
     regularizers' noise off, for a model that has one); a model whose estimate failed is
     left out of ``models`` and listed under ``"failed"``. ``where`` keeps only the models

@@ -88,6 +88,15 @@ def test_volume_command_on_a_stored_suite(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["volume", "--store", str(store), "--param", "dampingg=0.01"])
     assert res.exit_code == 2 and "dampingg" in res.stderr
+    # The sampling estimate says how it was obtained: every draw kept, independent, its cost.
+    res = runner.invoke(app, ["volume", "--store", str(store), "--estimator", "sampling",
+                              "--param", "n_samples=12", "--device", "cpu",
+                              "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    for m in json.loads((tmp_path / "s.json").read_text())["models"].values():
+        d = m["diagnostics"]
+        assert (d["mode"], d["kept"], d["tried"], d["ess_min"]) == ("exact", 12, 12, 12.0)
+        assert d["residual"] < 1e-2 and d["epochs"] > d["iterations"] * 12
 
 
 def test_suites_command_lists_registry():
