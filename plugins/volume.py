@@ -178,8 +178,9 @@ class Sampling(VolumeEstimator):
         out["seconds"] = time.perf_counter() - t0
         return out
 
-    def _fit(self, draws: dict[str, sampling.LayerChain]) -> tuple[dict, dict]:
-        """Per layer, the matrix-normal log-volume of the draws, and how it was read."""
+    def _fit(self, draws: dict[str, sampling.LayerChain]) -> dict:
+        """The estimate from the draws: per layer their matrix-normal log-volume, the
+        model's sums, and under ``layer_details`` how each layer was read."""
         layers, details = {}, {}
         for key, lc in draws.items():
             est = sampling.kronecker_log_vol(lc.samples, ones_null=lc.ones_null,
@@ -190,19 +191,17 @@ class Sampling(VolumeEstimator):
             details[key] = {"ess": lc.ess, "log_vol_rows": est["log_vol_rows"],
                             "log_vol_cols": est["log_vol_cols"], "bias_rows": est["bias_rows"],
                             "bias_cols": est["bias_cols"], "ones_null": lc.ones_null}
-        return layers, details
+        return {**volume.summarize(layers), "layer_details": details}
 
     def _exact(self, model, x, y, loss_fn):
         p = self.params
         draws = sampling.posterior_draws(model, x, y, loss_fn, n_samples=p.n_samples,
                                          damping=p.damping, tol=p.tol, max_iter=p.max_iter,
                                          include_bias=p.include_bias)
-        layers, details = self._fit(draws.layers)
-        out = volume.summarize(layers)
+        out = self._fit(draws.layers)
         out.update({"mode": "exact", "kept": p.n_samples, "tried": p.n_samples,
                     "ess_min": float(p.n_samples), "iterations": draws.iterations,
-                    "residual": draws.residual, "epochs": draws.passes,
-                    "layer_details": details})
+                    "residual": draws.residual, "epochs": draws.passes})
         return out
 
     def _langevin(self, model, x, y, loss_fn):
@@ -216,17 +215,15 @@ class Sampling(VolumeEstimator):
             raise ValueError(f"the Langevin chain left the basin after {len(chain.losses)} steps "
                              f"(loss {chain.losses[-1]:.3g} from {chain.ref_loss:.3g}): lower step "
                              "or loss_rise")
-        layers, details = self._fit(chain.layers)
-        out = volume.summarize(layers)
+        out = self._fit(chain.layers)
         kept = p.n_samples
         out.update({"mode": "langevin", "target": p.target, "kept": kept, "tried": p.burn_in + kept * p.thin,
-                    "ess_min": min(d["ess"] for d in details.values()),
+                    "ess_min": min(d["ess"] for d in out["layer_details"].values()),
                     "temperature": chain.temperature, "step_h": chain.step,
                     "ref_loss": chain.ref_loss,
                     "loss_mean": sum(chain.losses[p.burn_in:]) / max(len(chain.losses[p.burn_in:]), 1),
                     "epochs": chain.gradient_evals + sampling.POWER_ITERATIONS
-                    + (1 if p.precondition else 0),
-                    "layer_details": details})
+                    + (1 if p.precondition else 0)})
         return out
 
     def _paper(self, model, x, y, loss_fn):
