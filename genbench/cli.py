@@ -412,6 +412,9 @@ def _volume_table(report: dict[str, Any], estimator: str) -> None:
     if report.get("failed") and not report["models"]:
         fail(f"every {estimator} estimate failed ({len(report['failed'])} models); params "
              f"{report['params']} from {report['settings_from']}: fix them with --param", code=3)
+    if report.get("failed"):  # as `genbench run`: completed, with failures (exit 3)
+        fail(f"{len(report['failed'])} of {len(report['failed']) + len(report['models'])} "
+             f"{estimator} estimates failed (listed above)", code=3)
 
 
 @app.command()

@@ -92,13 +92,13 @@ def volume_report(store_dir: str | Path, estimator: str, params: dict[str, Any] 
             if m["status"] != "done" or any(m["hparams"].get(k) != v
                                             for k, v in (where or {}).items()):
                 continue
-            init, final = st.load_weights(m["key"])
-            ctx = MeasureContext(key=m["key"], hparams=m["hparams"], config=m["config"],
-                                 data=data.get(m["config"]), registry=registry, store=st,
-                                 init_state=init, final_state=final, device=device,
-                                 settings={"volume": {estimator: merged}})
             t0 = time.perf_counter()
-            try:
+            try:  # a damaged weights file (StoreDamage names it) fails this model only
+                init, final = st.load_weights(m["key"])
+                ctx = MeasureContext(key=m["key"], hparams=m["hparams"], config=m["config"],
+                                     data=data.get(m["config"]), registry=registry, store=st,
+                                     init_state=init, final_state=final, device=device,
+                                     settings={"volume": {estimator: merged}})
                 est = ctx.volume(estimator)
             except Exception as exc:  # noqa: BLE001 - one model's failure is reported, not fatal
                 failed[m["key"]] = f"{type(exc).__name__}: {exc}"

@@ -97,6 +97,15 @@ def test_volume_command_on_a_stored_suite(tmp_path):
         d = m["diagnostics"]
         assert (d["mode"], d["kept"], d["tried"], d["ess_min"]) == ("exact", 12, 12, 12.0)
         assert d["residual"] < 1e-2 and d["epochs"] > d["iterations"] * 12
+    # A damaged weights file fails its model only, named; the others are estimated.
+    victim = sorted((store / "weights").glob("*.safetensors"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    res = runner.invoke(app, ["volume", "--store", str(store), "--device", "cpu",
+                              "--json", str(tmp_path / "d.json")])
+    assert res.exit_code == 3 and "1 of 4 laplace estimates failed" in res.output
+    damaged = json.loads((tmp_path / "d.json").read_text())
+    assert len(damaged["models"]) == 3 and list(damaged["failed"]) == [victim.stem]
+    assert victim.name in damaged["failed"][victim.stem] and "Traceback" not in res.output
 
 
 def test_suites_command_lists_registry():
