@@ -226,8 +226,10 @@ def test_an_undeclared_volume_lookup_is_recomputed_when_its_params_change(tmp_pa
                                    store=None, init_state=init, final_state=final,
                                    settings={"volume": {"laplace": {"damping": 0.1}}})
             truth = -fresh.volume("laplace")["log_vol_sum"]
-            assert after["measures"]["needless_volume"] == truth
-            assert before["measures"]["needless_volume"] != truth
+            # Equal up to summation order (the run's BLAS threads differ from this process's:
+            # the last bit moved once in many runs); the old damping's value is far off.
+            assert after["measures"]["needless_volume"] == pytest.approx(truth, rel=1e-12)
+            assert before["measures"]["needless_volume"] != pytest.approx(truth, rel=1e-6)
 
 
 class Split(Measure):
