@@ -267,13 +267,14 @@ def _full_batch_grad(model: nn.Module, params: list[torch.Tensor], x: torch.Tens
 
 
 def _ggn_product(model: nn.Module, layers: list[_Layer], x: torch.Tensor, y: torch.Tensor,
-                 loss_fn: Callable, chunk: int = 16
+                 loss_fn: Callable, chunk: int = 16, graph: _OutputGraph | None = None
                  ) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
     """vs -> G vs for a batch of n directions (each layer's (n, rows, cols)), G the exact
     Gauss-Newton matrix of L_S at W^F over the measured layers jointly (cross-layer
     blocks included): J^T (d2 L / dz2) J v, with J v by the double-backward trick and J^T
-    by a backward pass, both on one retained graph, ``chunk`` directions per pass."""
-    graph = _OutputGraph(model, layers, x, y, loss_fn)
+    by a backward pass, both on one retained graph (``graph``, built here when not given),
+    ``chunk`` directions per pass."""
+    graph = graph or _OutputGraph(model, layers, x, y, loss_fn)
 
     def product(vs: list[torch.Tensor]) -> list[torch.Tensor]:
         parts = []
@@ -286,7 +287,6 @@ def _ggn_product(model: nn.Module, layers: list[_Layer], x: torch.Tensor, y: tor
             parts.append(graph.transpose(hjv))
         return [torch.cat(p) for p in zip(*parts)]
 
-    product.graph = graph  # type: ignore[attr-defined]
     return product
 
 
@@ -502,8 +502,8 @@ def posterior_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn:
               for i, (name, module) in enumerate(weight_layers)]
     for p in model.parameters():
         p.requires_grad_(False)
-    product = _ggn_product(model, layers, x, y, loss_fn, chunk=chunk)
-    graph = product.graph  # type: ignore[attr-defined]
+    graph = _OutputGraph(model, layers, x, y, loss_fn)
+    product = _ggn_product(model, layers, x, y, loss_fn, chunk=chunk, graph=graph)
     noise = torch.randn(n_samples, *graph.z.shape[:1], graph.root.shape[2],
                         dtype=graph.z.dtype, device=graph.z.device)
     r = [bt + math.sqrt(lay.delta) * torch.randn_like(bt) for lay, bt in zip(
