@@ -476,7 +476,7 @@ class PosteriorDraws:
 
 def posterior_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, *,
                     n_samples: int = 32, damping: float = 0.1, tol: float = 1e-2,
-                    max_iter: int = 500, include_bias: bool = False, chunk: int = 32,
+                    max_iter: int = 1000, include_bias: bool = False, chunk: int = 32,
                     batch_size: int = 8192) -> PosteriorDraws:
     """Exact, independent draws from the Gauss-Newton posterior N(W^F, K^-1), K = G + delta,
     over the measured weight matrices jointly (perturbation-optimization: Papandreou &

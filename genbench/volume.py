@@ -286,10 +286,14 @@ def sampled_label_sqrt(logits: torch.Tensor, draws: int) -> torch.Tensor:
 
 
 def _gram(rows: torch.Tensor) -> torch.Tensor:
-    """rows^T rows in float64. On the CPU in float64: BLAS dsyrk, a symmetric rank-k
-    update that computes one triangle (half a GEMM's work; same sums up to rounding,
-    ~1e-14 relative); elsewhere a matmul."""
-    if rows.dtype != torch.float64 or rows.device.type != "cpu" or not rows.shape[0]:
+    """rows^T rows in float64. On the CPU in float64 with torch on one thread: BLAS dsyrk,
+    a symmetric rank-k update that computes one triangle (half a GEMM's work; same sums up
+    to rounding, ~1e-14 relative); otherwise torch's matmul, on all of torch's threads
+    (SciPy's BLAS threads spin after each call and stall torch's pool: on the default
+    suite's depth-3 width-256 models with 2 threads, exact Laplace took 6.1 s with both
+    pools on 2 threads, 2.0 s with dsyrk on one and 1.7 s with torch's matmul)."""
+    if (rows.dtype != torch.float64 or rows.device.type != "cpu" or not rows.shape[0]
+            or torch.get_num_threads() > 1):
         return (rows.T @ rows).to(torch.float64)
     from scipy.linalg import blas
 
@@ -307,9 +311,9 @@ def _blas_controller():
 
 
 def _blas_threads():
-    """SciPy's BLAS (behind :func:`_gram`) limited to torch's thread count: its default,
-    every core, stalls on a shared machine."""
-    return _blas_controller().limit(limits=torch.get_num_threads(), user_api="blas")
+    """SciPy's BLAS (behind :func:`_gram`) on one thread: its default, every core, stalls
+    torch's thread pool."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def _softmax_hessian_sum(logits: torch.Tensor) -> torch.Tensor:

@@ -121,7 +121,7 @@ class Sampling(VolumeEstimator):
                                "the posterior is N(W^F, (G + prior)^-1)")
         tol: float = Field(1e-2, gt=0, lt=1, description="exact: relative residual (in the "
                            "preconditioned norm) each draw's solve must reach")
-        max_iter: int = Field(500, ge=1, description="exact: conjugate-gradient iterations "
+        max_iter: int = Field(1000, ge=1, description="exact: conjugate-gradient iterations "
                               "allowed (an estimate that does not converge fails)")
         burn_in: int = Field(20, ge=0, description="langevin steps discarded first (the "
                              "chain starts from the preconditioner's Gaussian, not from W^F)")
