@@ -20,6 +20,7 @@ deterministic and does not touch the global RNG. Design choices are in
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from functools import cached_property
@@ -76,6 +77,25 @@ class PerturbedLoss:
         out = functional_call(self.model, {n: self.base[n] + delta[n] for n in self.names}, (xb,))
         return self.loss_fn(out, yb), (out.argmax(-1) != yb).sum()
 
+    @cached_property
+    def _scratch(self) -> tuple[nn.Module, list[torch.Tensor]]:
+        """A private copy of the model and its perturbed parameters, for the one-copy path."""
+        model = copy.deepcopy(self.model).eval()
+        params = dict(model.named_parameters())
+        return model, [params[n].requires_grad_(True) for n in self.names]
+
+    def _one_in_place(self, delta: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor):
+        """:meth:`_one` by writing W + delta into the private copy's parameters: the same
+        numbers (the same sums, the same modules; the gradient w.r.t. those parameters is
+        the gradient w.r.t. delta) without ``functional_call``'s per-call cost (~10% of a
+        search on the default suite)."""
+        model, params = self._scratch
+        with torch.no_grad():
+            for name, p in zip(self.names, params):
+                torch.add(self.base[name], delta[name], out=p)
+        out = model(xb)
+        return self.loss_fn(out, yb), (out.argmax(-1) != yb).sum()
+
     def evaluate(self, delta: dict[str, torch.Tensor], with_grad: bool = False, *,
                  stop_above: float | None = None, criterion: str = "loss",
                  copies: int | None = None):
@@ -122,11 +142,11 @@ class PerturbedLoss:
                     for i in starts:
                         xb, yb = self.x[i:i + chunk], self.y[i:i + chunk]
                         weight = xb.shape[0] / n
-                        lj, wj = self._one(dj, xb, yb)
+                        lj, wj = self._one_in_place(dj, xb, yb)
                         loss[j] += lj.detach() * weight
                         wrong[j] += wj.detach().to(loss.dtype)
                         if with_grad and not (len(starts) == 1 and exceeded(j)):
-                            g = torch.autograd.grad(lj * weight, [dj[nm] for nm in self.names])
+                            g = torch.autograd.grad(lj * weight, self._scratch[1])
                             for nm, gi in zip(self.names, g):
                                 grads[nm][j] += gi
                     self.evaluations += 1
