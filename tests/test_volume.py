@@ -597,3 +597,21 @@ def test_volume_is_recorded_during_training():
                                                                       rel=1e-12)
     # and training moved it: the first epoch's weights had another volume
     assert history[0]["volume"]["log_vol_sum"] != pytest.approx(again["log_vol_sum"], rel=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_gram_is_exact_on_one_thread_and_on_several(threads):
+    """dsyrk (one thread) and torch's matmul (more) both give rows^T rows: the truth is an
+    exact-rational sum, computed in Python's fractions from the float64 rows."""
+    from fractions import Fraction
+
+    rows = torch.randn(300, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = [[float(sum(Fraction(a) * Fraction(b) for a, b in zip(rows[:, i].tolist(), rows[:, j].tolist())))
+              for j in range(5)] for i in range(5)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = V._gram(rows)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got, torch.tensor(exact, dtype=torch.float64), rtol=1e-13, atol=1e-12)
