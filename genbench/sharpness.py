@@ -112,7 +112,7 @@ class PerturbedLoss:
         n = self.x.shape[0]
         chunk = max(1, self.rows_per_pass // (copies or k))
         starts = range(0, n, chunk)
-        if with_grad:
+        if with_grad and self.batched:  # the one-copy path differentiates its scratch copy
             delta = {name: d.detach().requires_grad_(True) for name, d in delta.items()}
         loss = torch.zeros(k, device=self.x.device)
         wrong = torch.zeros(k, device=self.x.device)

@@ -21,6 +21,7 @@ from genbench import taps
 from genbench.components import VolumeEstimator
 from genbench import volume as V
 from genbench.data import DataBundle
+from genbench.threads import torch_threads
 
 
 # Tiny models in float64 so exact comparisons can be tight (fixture in conftest.py).
@@ -608,10 +609,6 @@ def test_the_gram_is_exact_on_one_thread_and_on_several(threads):
     rows = torch.randn(300, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = [[float(sum(Fraction(a) * Fraction(b) for a, b in zip(rows[:, i].tolist(), rows[:, j].tolist())))
               for j in range(5)] for i in range(5)]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         got = V._gram(rows)
-    finally:
-        torch.set_num_threads(before)
     torch.testing.assert_close(got, torch.tensor(exact, dtype=torch.float64), rtol=1e-13, atol=1e-12)
