@@ -169,6 +169,8 @@ def measure_population(specs: list[ModelSpec], suite: Suite, store: Store, regis
         known = {k: r for k, r in mine.items() if r["kind"] != "measure"}
         tasks.append(MeasureTask(spec, todo, settings, str(store.weights_path(spec.key)), known))
     total = len(done) * len(measures)
+    # Largest models first: a pool's workers then finish together, on small models.
+    tasks.sort(key=lambda t: -Path(t.weights).stat().st_size)
     if not tasks:
         return {"computed": 0, "reused": total, "workers": 0}
     for spec in done:

@@ -2,7 +2,8 @@
 
 - ``local``: in this process, task after task, with a thread count fitted to the
   idle cores.
-- ``process``: a pool of worker processes across the cores (or one per GPU); each
+- ``process``: a pool of worker processes across the idle cores (or one per GPU; one
+  worker runs in this process, as ``local``); each
   worker builds its :class:`genbench.tasks.Worker` once from the setup (its own
   registry, the datasets this process loaded, pickled once).
 - ``ray``: one Ray task per genbench task on a Ray cluster (``address='auto'``) or a
@@ -25,7 +26,7 @@ from pydantic import Field
 import genbench
 from genbench.components import Executor, Params
 from genbench.tasks import WorkerSetup, balance, execute, pack, portable
-from genbench.threads import sensible_threads, torch_threads, usable_cores
+from genbench.threads import idle_cores, sensible_threads, torch_threads
 
 
 class LocalExecutor(Executor):
@@ -87,9 +88,10 @@ class ProcessExecutor(Executor):
 
     class Params(Params):
         workers: int | None = Field(None, ge=1, description="worker processes (default: one per GPU "
-                                    "when training on cuda, else one per usable core)")
+                                    "when training on cuda, else one per idle core; one worker "
+                                    "runs in this process)")
         threads: int | None = Field(None, ge=1, description="torch threads per worker (default: "
-                                    "usable cores / workers)")
+                                    "idle cores / workers)")
         start_method: str = Field("spawn", pattern="^(spawn|forkserver|fork)$",
                                   description="multiprocessing start method (spawn is safe with "
                                   "threads and CUDA)")
@@ -99,12 +101,17 @@ class ProcessExecutor(Executor):
 
         # "cuda" spreads the workers over every GPU; an explicit "cuda:N" keeps them on N.
         gpus = gpu_count(setup.device) if setup.device == "cuda" else 0
-        workers = self.params.workers or gpus or (1 if setup.device.startswith("cuda")
-                                                  else usable_cores())
-        tasks = balance(tasks, workers)
-        workers = max(1, min(workers, len(tasks)))
+        idle = idle_cores()
+        workers = self.params.workers or gpus or (1 if setup.device.startswith("cuda") else idle)
+        if workers > 1:
+            tasks = balance(tasks, workers)
+        workers = min(workers, len(tasks))
+        if workers <= 1:  # nothing to spread: no pool to start (2-3 s per stage)
+            LocalExecutor(LocalExecutor.Params(threads=self.params.threads)).run(tasks, setup,
+                                                                                  on_done)
+            return
         devices = [f"cuda:{i % gpus}" for i in range(workers)] if gpus else [setup.device] * workers
-        threads = self.params.threads or max(1, usable_cores() // workers)
+        threads = self.params.threads or max(1, idle // workers)
         ctx = multiprocessing.get_context(self.params.start_method)
         device_queue = ctx.SimpleQueue()
         for d in devices:

@@ -118,6 +118,29 @@ def test_local_executor_sets_and_restores_threads():
     assert torch.get_num_threads() == before
 
 
+def test_process_executor_with_one_idle_core_runs_in_this_process(monkeypatch):
+    """No pool for one worker (a pool costs 2-3 s per stage): the tasks run here, as on
+    ``local``, and a training stack is not split for workers that do not exist."""
+    from genbench_plugins import executors
+    from genbench.tasks import TrainTask
+
+    class Probe(TrainTask):
+        def run(self, worker):
+            return [{"type": "probe", "pid": os.getpid(), "size": len(self)}]
+
+    class Setup:
+        device = "cpu"
+
+        def worker(self, device=None):
+            return None
+
+    monkeypatch.setattr(executors, "idle_cores", lambda: 1)
+    done = []
+    executors.ProcessExecutor(executors.ProcessExecutor.Params()).run(
+        [Probe([1, 2, 3, 4])], Setup(), lambda t, r: done.append(r[0]))
+    assert done == [{"type": "probe", "pid": os.getpid(), "size": 4, "worker": done[0]["worker"]}]
+
+
 def test_sensible_threads_leaves_busy_cores_alone(monkeypatch):
     from genbench import threads as executors
 
