@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
 
@@ -15,15 +16,44 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def idle_cores(cores: int | None = None) -> int:
-    """The usable cores other processes leave idle: the 1-minute load average, less this
-    process, estimates the busy ones (at least 1)."""
-    cores = cores or usable_cores()
+def cpu_sample() -> tuple[float, float, int] | None:
+    """(busy seconds of all CPUs, CPU seconds of this process, CPUs counted) from
+    /proc/stat and /proc/self/stat; None where there is no /proc (not Linux)."""
     try:
-        others = max(0.0, os.getloadavg()[0] - 1.0)
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        with open("/proc/self/stat") as f:
+            mine = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, (int(mine[11]) + int(mine[12])) / hz, cpus
+
+
+def busy_elsewhere(window: float = 0.1) -> float:
+    """Cores other processes keep busy: the CPU time all processes but this one used over
+    ``window`` seconds (this process sleeping, its idle OpenMP threads still spinning),
+    so a stage sees the machine as it is now, not a minute ago: the 1-minute load
+    average still counts the previous stage's own workers. Off Linux, the load average
+    less this process."""
+    first = cpu_sample()
+    if first is not None:
+        time.sleep(window)
+        second = cpu_sample()
+        if second is not None and second[2] == first[2]:
+            return max(0.0, ((second[0] - first[0]) - (second[1] - first[1])) / window)
+    try:
+        return max(0.0, os.getloadavg()[0] - 1.0)
     except OSError:  # pragma: no cover
-        others = 0.0
-    return max(1, min(cores, int(cores - others + 0.5)))
+        return 0.0
+
+
+def idle_cores(cores: int | None = None) -> int:
+    """The usable cores other processes leave idle (at least 1)."""
+    cores = cores or usable_cores()
+    return max(1, min(cores, int(cores - busy_elsewhere() + 0.5)))
 
 
 def sensible_threads(cores: int | None = None) -> int:

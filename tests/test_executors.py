@@ -145,14 +145,46 @@ def test_sensible_threads_leaves_busy_cores_alone(monkeypatch):
     from genbench import threads as executors
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # only this process
-    assert executors.sensible_threads(8) == 8
-    monkeypatch.setattr(os, "getloadavg", lambda: (6.2, 1.0, 1.0))  # ~5 cores busy elsewhere
-    assert executors.sensible_threads(8) == 3
-    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 1.0, 1.0))
-    assert executors.sensible_threads(8) == 1
+    for busy, threads in [(0.0, 8), (5.2, 3), (40.0, 1)]:
+        monkeypatch.setattr(executors, "busy_elsewhere", lambda busy=busy: busy)
+        assert executors.sensible_threads(8) == threads
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert executors.sensible_threads(8) == 2
+
+
+def test_busy_cores_are_all_cpu_time_but_this_process_over_the_window(monkeypatch):
+    """Hand-computed: 0.5 s of busy CPU in 0.1 s, 0.02 s of it this process's: 4.8 cores.
+    Without /proc, the 1-minute load average less this process."""
+    from genbench import threads
+
+    samples = iter([(100.0, 1.0, 8), (100.5, 1.02, 8)])
+    monkeypatch.setattr(threads, "cpu_sample", lambda: next(samples))
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+    assert threads.busy_elsewhere(0.1) == pytest.approx(4.8)
+    monkeypatch.setattr(threads, "cpu_sample", lambda: None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 1.0, 1.0))
+    assert threads.busy_elsewhere(0.1) == pytest.approx(2.5)
+
+
+def test_a_process_spinning_on_a_core_counts_as_busy():
+    """Real processes, real /proc: a busy loop in another process is one busy core; this
+    process's own CPU time is not counted."""
+    import subprocess
+    import sys
+
+    from genbench import threads
+
+    if threads.cpu_sample() is None:
+        pytest.skip("no /proc here")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.5)
+        assert 0.6 < threads.busy_elsewhere(0.3) < 1.6 + max(0, threads.usable_cores() - 2)
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_balance_gives_every_worker_a_task():
