@@ -181,6 +181,9 @@ class Registry:
         return info
 
 
+PLUGIN_ENV = ("GENBENCH_PLUGINS", "GENBENCH_DISABLE_PLUGINS")  # what load_registry reads
+
+
 def _split_env(var: str) -> set[str] | None:
     raw = os.environ.get(var)
     if raw is None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from genbench.keys import dataset_key
 from genbench.limits import time_limit
-from genbench.plugins import Registry, contain
+from genbench.plugins import PLUGIN_ENV, Registry, contain
 from genbench.plugins import measure_value as checked_number
 from genbench.population import ModelSpec
 
@@ -165,7 +165,8 @@ class Worker:
 class WorkerSetup:
     """How an executor gets a :class:`Worker`: picklable, so it travels to worker
     processes and Ray tasks. A worker elsewhere loads the registry itself (entry
-    points, under the inherited GENBENCH_PLUGINS) and imports any plugin the driver
+    points, under the driver's GENBENCH_PLUGINS, which a forkserver or a Ray node would
+    not otherwise see) and imports any plugin the driver
     added by hand by module name; it starts with the datasets the driver loaded.
     In the driver's own process, :meth:`worker` is the driver's worker itself
     (what a worker elsewhere needs is worked out only when the setup is pickled)."""
@@ -175,6 +176,7 @@ class WorkerSetup:
     local: Worker | None = field(default=None, compare=False)
     extra_plugins: tuple[tuple[str, str, str], ...] | None = None  # (plugin, module, version)
     bundles: dict[str, Any] | None = None
+    environ: dict[str, str | None] | None = None  # the plugin selection (PLUGIN_ENV)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells setups apart in a worker
 
     def __getstate__(self) -> dict[str, Any]:
@@ -184,6 +186,8 @@ class WorkerSetup:
                 state["extra_plugins"] = extra_plugins(self.local.registry)
             if state["bundles"] is None:
                 state["bundles"] = self.local.data.picklable()
+            if state["environ"] is None:
+                state["environ"] = {k: os.environ.get(k) for k in PLUGIN_ENV}
         return {**state, "local": None}
 
     def worker(self, device: str | None = None) -> Worker:
@@ -195,6 +199,11 @@ class WorkerSetup:
 
         from genbench.plugins import get_registry
 
+        for name, value in (self.environ or {}).items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         registry = get_registry()
         for name, module, version in self.extra_plugins or ():
             if name not in registry.plugins:

@@ -74,6 +74,26 @@ def _run_in_worker(item: tuple[int, Any]) -> tuple[int, bytes]:
     return index, pack(execute(task, _WORKER["worker"]))
 
 
+# Imported once by the forkserver, so that a pool after the first starts in 0.3 s, not 3.
+PRELOAD = ["torch", "genbench.tasks", "genbench.context", "genbench.training", "genbench.batched",
+           *(f"genbench_plugins.{m}" for m in ("datasets", "models", "regularizers", "measures",
+                                               "volume", "executors"))]
+
+
+def pool_context(start_method: str | None) -> Any:
+    """The multiprocessing context: a forkserver that has imported torch and genbench (each
+    pool forks its workers from it: a stage's pool starts in 0.3 s instead of 3 s after the
+    first), or ``start_method``."""
+    import multiprocessing
+
+    method = start_method or ("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                              else "spawn")
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 def gpu_count(device: str) -> int:
     import torch
 
@@ -92,13 +112,12 @@ class ProcessExecutor(Executor):
                                     "runs in this process)")
         threads: int | None = Field(None, ge=1, description="torch threads per worker (default: "
                                     "idle cores / workers)")
-        start_method: str = Field("spawn", pattern="^(spawn|forkserver|fork)$",
-                                  description="multiprocessing start method (spawn is safe with "
-                                  "threads and CUDA)")
+        start_method: str | None = Field(None, pattern="^(spawn|forkserver|fork)$",
+                                         description="multiprocessing start method (default: "
+                                         "forkserver where there is one, else spawn; both are "
+                                         "safe with threads and CUDA)")
 
     def run(self, tasks, setup, on_done):
-        import multiprocessing
-
         # "cuda" spreads the workers over every GPU; an explicit "cuda:N" keeps them on N.
         gpus = gpu_count(setup.device) if setup.device == "cuda" else 0
         idle = idle_cores()
@@ -112,7 +131,7 @@ class ProcessExecutor(Executor):
             return
         devices = [f"cuda:{i % gpus}" for i in range(workers)] if gpus else [setup.device] * workers
         threads = self.params.threads or max(1, idle // workers)
-        ctx = multiprocessing.get_context(self.params.start_method)
+        ctx = pool_context(self.params.start_method)
         device_queue = ctx.SimpleQueue()
         for d in devices:
             device_queue.put(d)

@@ -212,6 +212,31 @@ def test_workers_rebuild_a_registry_with_hand_added_plugins(registry):
     assert set(rebuilt.names("executor")) >= {"local", "process", "ray"}
 
 
+def test_workers_load_plugins_under_the_drivers_plugin_selection(monkeypatch):
+    """A forkserver (and a Ray node) keeps the environment it started with: the setup
+    carries GENBENCH_PLUGINS / GENBENCH_DISABLE_PLUGINS as the driver has them now."""
+    import pickle
+
+    from genbench.plugins import reset_registry
+    from genbench.tasks import DataCache, Worker, setup_for
+
+    monkeypatch.setenv("GENBENCH_DISABLE_PLUGINS", "executors")
+    monkeypatch.delenv("GENBENCH_PLUGINS", raising=False)
+    driver = load_registry()
+    assert "local" not in driver.names("executor")
+    packed = pickle.dumps(setup_for(Worker(driver, DataCache(driver), "cpu")))
+    monkeypatch.delenv("GENBENCH_DISABLE_PLUGINS")
+    monkeypatch.setenv("GENBENCH_PLUGINS", "stale")
+    reset_registry()
+    try:
+        rebuilt = pickle.loads(packed).worker().registry
+        assert os.environ.get("GENBENCH_DISABLE_PLUGINS") == "executors"
+        assert "GENBENCH_PLUGINS" not in os.environ
+        assert "local" not in rebuilt.names("executor") and "mlp" in rebuilt.names("model")
+    finally:
+        reset_registry()
+
+
 def test_process_executor_trains_stores_and_resumes(tmp_path, registry):
     """Two spawned workers (each rebuilding the registry, test plugin included); the
     stored models equal the local executor's."""
