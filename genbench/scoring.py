@@ -321,14 +321,14 @@ def _fenwick() -> Any:
     return _kendall_dis
 
 
-def _discordant(gs: np.ndarray, xs: np.ndarray, yk: np.ndarray, o2: np.ndarray,
-                n_groups: int, min_size: int = 64) -> np.ndarray:
+def _discordant(gs: np.ndarray, xs: np.ndarray, yk: np.ndarray, rank: np.ndarray,
+                size: np.ndarray, n_groups: int, min_size: int = 64) -> np.ndarray:
     """D per group, without tolerance, for elements in (group, x, y) order (yk the
-    group-prefixed gap ranks, o2 their sorted order). Groups of ``min_size`` or more go to
-    scipy's compiled Fenwick tree (8x the numpy merge sort per element: one call each, on
-    dense ranks within the group), smaller ones and a scipy without it to
-    :func:`_count_earlier_greater`. tests/test_scoring.py checks both against brute force."""
-    size = np.bincount(gs, minlength=n_groups)
+    group-prefixed gap ranks, rank the dense gap ranks inside each group, from 1; size
+    the group sizes). Groups of ``min_size`` or more go to scipy's compiled Fenwick tree
+    (8x the numpy merge sort per element: one call each), smaller ones and a scipy without
+    it to :func:`_count_earlier_greater`. tests/test_scoring.py checks both against brute
+    force."""
     big = size >= min_size
     fenwick = _fenwick() if big.any() else None
     if fenwick is None:
@@ -339,18 +339,12 @@ def _discordant(gs: np.ndarray, xs: np.ndarray, yk: np.ndarray, o2: np.ndarray,
         dis = _count_earlier_greater(yk[small], yk[small])
         D += np.bincount(gs[small], weights=dis.astype(np.float64), minlength=n_groups)
     if big.any():
-        sk = yk[o2]                             # dense ranks of the gap inside each group, from 1
-        new = np.empty(sk.size, dtype=bool)
-        new[:1] = True
-        new[1:] = sk[1:] != sk[:-1]
-        rank = np.empty(sk.size, dtype=np.intp)
-        rank[o2] = np.cumsum(new)
-        start = np.cumsum(size) - size          # also where each group begins in o2 order
-        rank -= rank[o2[np.minimum(start, sk.size - 1)]][gs] - 1   # its smallest rank -> 1
+        start = np.cumsum(size) - size          # where each group begins in (group, x, y) order
         xi = xs.astype(np.intp)
+        ri = rank.astype(np.intp)
         for g in np.flatnonzero(big):
             a, b = start[g], start[g] + size[g]
-            D[g] = fenwick(xi[a:b], rank[a:b])
+            D[g] = fenwick(xi[a:b], ri[a:b])
     return D
 
 
@@ -370,19 +364,58 @@ def _near_pairs(key: np.ndarray, qkey: np.ndarray, budget: int = 4) -> tuple[np.
     return i, j
 
 
+@dataclass
+class _GapSide:
+    """What counting pairs needs of the groups and the gap alone (element order): shared by
+    every measure scored on the same elements, so it is computed once for all of them."""
+
+    Ry: int
+    yk: np.ndarray       # group-prefixed gap rank
+    qk: np.ndarray       # group-prefixed rank of gap + tol
+    rank: np.ndarray     # dense gap rank inside the group, from 1
+    ty: np.ndarray       # pairs tied in the gap (within tolerance), per group
+    near: tuple[np.ndarray, np.ndarray] | None   # element pairs (lower, higher gap) tol ties
+    wide: bool           # a wide tolerance: the count engine takes it itself
+
+
+def _gap_side(grp: np.ndarray, ry: np.ndarray, rq: np.ndarray, n_groups: int) -> _GapSide:
+    """:class:`_GapSide` of integer ranks ry, rq (:func:`_tol_ranks`) in groups grp."""
+    has_tol = bool(np.any(rq != ry))
+    Ry = int(max(ry.max(), rq.max())) + 1
+    yk, qk = grp * Ry + ry, grp * Ry + rq
+    s = np.argsort(yk)                  # (group, gap) order; the counts below ignore tie order
+    ks, qs = yk[s], qk[s]
+    # a narrow tolerance: list the pairs it ties (y < y' <= y + tol), count without it, correct
+    near = _near_pairs(ks, qs) if has_tol else None
+    wide = has_tol and near is None
+    ty = _close_pairs_sorted(ks, qs, grp[s], n_groups, wide)
+    if near is not None:
+        near = (s[near[0]], s[near[1]])
+        ty += np.bincount(grp[near[0]], minlength=n_groups)
+    new = np.empty(ks.size, dtype=bool)
+    new[:1] = True
+    new[1:] = ks[1:] != ks[:-1]
+    dense = np.cumsum(new)
+    size = np.bincount(grp, minlength=n_groups)
+    first = dense[np.minimum(np.cumsum(size) - size, ks.size - 1)]   # each group's smallest
+    rank = np.empty(ks.size, dtype=np.int64)
+    rank[s] = dense - first[grp[s]] + 1
+    return _GapSide(Ry, yk, qk, rank, ty, near, wide)
+
+
 def _pair_counts_ranked(grp: np.ndarray, rx: np.ndarray, ry: np.ndarray, rq: np.ndarray,
-                        n_groups: int) -> PairCounts:
+                        n_groups: int, gap: _GapSide | None = None) -> PairCounts:
     """:func:`pair_counts` on integer ranks (rx of x; ry, rq of y and y + tol, from
-    :func:`_tol_ranks`), so that every sort is a single int64 key."""
+    :func:`_tol_ranks`), so that every sort is a single int64 key. ``gap``: the
+    :func:`_gap_side` of (grp, ry, rq), when another measure's count already made it."""
     grp = np.asarray(grp, dtype=np.int64)
-    size = np.bincount(grp, minlength=n_groups).astype(np.float64)
+    size = np.bincount(grp, minlength=n_groups)
     P = size * (size - 1) / 2
     if grp.size < 2:
         z = np.zeros(n_groups)
-        return PairCounts(P, z, z.copy(), z.copy(), z.copy(), z.copy())
-    has_tol = bool(np.any(rq != ry))
-    Rx = int(rx.max()) + 1
-    Ry = int(max(ry.max(), rq.max())) + 1
+        return PairCounts(P.astype(np.float64), z, z.copy(), z.copy(), z.copy(), z.copy())
+    gap = gap or _gap_side(grp, ry, rq, n_groups)
+    Rx, Ry = int(rx.max()) + 1, gap.Ry
     if float(n_groups) * Rx * Ry >= 2.0 ** 62:   # one composite key would overflow int64
         o = np.lexsort((ry, rx, grp))
     else:
@@ -395,32 +428,25 @@ def _pair_counts_ranked(grp: np.ndarray, rx: np.ndarray, ry: np.ndarray, rq: np.
     xid = np.cumsum(newx) - 1
     t = np.bincount(xid).astype(np.float64)
     tx = np.bincount(gs[newx], weights=t * (t - 1) / 2, minlength=n_groups)
-    yk = gs * Ry + ys
-    qk = gs * Ry + qs
-    o2 = np.argsort(yk)
-    # a narrow tolerance: list the pairs it ties (y < y' <= y + tol), count without it, correct
-    near = _near_pairs(yk[o2], qk[o2]) if has_tol else None
-    wide = has_tol and near is None
     # ties in both: inside each (group, x) run, y is sorted, so xid * Ry + y is sorted
     n_x = int(xid[-1]) + 1
-    tb_x = _close_pairs_sorted(xid * Ry + ys, xid * Ry + qs, xid, n_x, wide)
+    tb_x = _close_pairs_sorted(xid * Ry + ys, xid * Ry + qs, xid, n_x, gap.wide)
     tb = np.bincount(gs[newx], weights=tb_x, minlength=n_groups)
-    # ties in y (within tolerance): sort by (group, y)
-    ty = _close_pairs_sorted(yk[o2], qk[o2], gs[o2], n_groups, wide)
+    ty = gap.ty.copy()
     # In (group, x, y) order, an earlier element l pairs with k as discordant iff
     # y_l > y_k + tol (ties in x are sorted by y, so they never qualify; earlier groups
     # have smaller group-prefixed keys, so they never qualify either).
-    if wide:
-        dis = _count_earlier_greater(yk, qk, monotone=True)    # y <= y' => y + tol <= y' + tol
+    if gap.wide:
+        dis = _count_earlier_greater(gap.yk[o], gap.qk[o], monotone=True)  # y <= y' => y+tol <= y'+tol
         D = np.bincount(gs, weights=dis.astype(np.float64), minlength=n_groups)
     else:   # discordant without tolerance, less the pairs the tolerance ties
-        D = _discordant(gs, xs, yk, o2, n_groups)
-        if near is not None:
-            lo_y, hi_y = o2[near[0]], o2[near[1]]   # positions in (group, x, y) order
-            g = gs[lo_y]
-            ty += np.bincount(g, minlength=n_groups)
-            tb += np.bincount(g[xs[lo_y] == xs[hi_y]], minlength=n_groups)
-            D -= np.bincount(g[hi_y < lo_y], minlength=n_groups)   # higher gap first in x order
+        D = _discordant(gs, xs, gap.yk[o], gap.rank[o], size, n_groups)
+        if gap.near is not None:
+            lo, hi = gap.near               # the lower and the higher gap of each pair
+            g = grp[lo]
+            tb += np.bincount(g[rx[lo] == rx[hi]], minlength=n_groups)
+            D -= np.bincount(g[rx[hi] < rx[lo]], minlength=n_groups)   # higher gap first in x
+    P = P.astype(np.float64)
     C = P - tx - ty + tb - D
     return PairCounts(P, tx, ty, tb, C, D)
 
@@ -789,25 +815,36 @@ def score_paths(max_k: int, against: list[str]) -> list[str]:
 
 class _Blocks:
     """Collects groups of elements from many score components so one call of the counting
-    engine serves them all (fewer, larger numpy operations).
+    engine serves them all (fewer, larger numpy operations), and the gap side of a count
+    serves every measure scored on the same models (:class:`_GapSide`).
 
     ``model`` ids let a bootstrap resample skip pairs of two copies of the same model:
     such a pair is tied in everything and is not a pair of distinct models (counting it
     would give the tied cell of the 3x3 MI table a spurious perfect association)."""
 
     def __init__(self, n_models: int, dedup: bool) -> None:
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        self.offset = 0
-        self.spans: list[tuple[int, int]] = []
+        self.parts: list[tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.keys: list[tuple[int, int]] = []
         self.dups: list[np.ndarray | None] = []
         self.n_models = n_models
         self.dedup = dedup
+        self.models: list[np.ndarray] = []   # the distinct model sets measures are scored on
+        self.current = (-1, 0)               # (model set, parts added since) of this measure
+
+    def measure(self, model: np.ndarray) -> None:
+        """The parts added next are one measure's, on the models ``model``: the k-th part of
+        two measures on the same models has the same groups and gap, only x differs."""
+        same = next((i for i, seen in enumerate(self.models) if np.array_equal(seen, model)), None)
+        if same is None:
+            self.models.append(model)
+            same = len(self.models) - 1
+        self.current = (same, 0)
 
     def add(self, grp: np.ndarray, n_groups: int, rx: np.ndarray, ry: np.ndarray,
             rq: np.ndarray, model: np.ndarray) -> int:
-        self.parts.append((grp + self.offset, rx, ry, rq))
-        self.spans.append((self.offset, self.offset + n_groups))
-        self.offset += n_groups
+        self.parts.append((grp, n_groups, rx, ry, rq))
+        self.keys.append(self.current)
+        self.current = (self.current[0], self.current[1] + 1)
         dup = None
         if self.dedup and grp.size > 1:
             uniq, t = np.unique(grp.astype(np.int64) * self.n_models + model, return_counts=True)
@@ -815,23 +852,37 @@ class _Blocks:
                 t = t.astype(np.float64)
                 dup = np.bincount(uniq // self.n_models, weights=t * (t - 1) / 2, minlength=n_groups)
         self.dups.append(dup)
-        return len(self.spans) - 1
+        return len(self.parts) - 1
 
     def run(self, chunk: int = 1 << 14) -> list[PairCounts]:
         """Count in chunks of about ``chunk`` elements (whole blocks only): the engine is
         dominated by random memory access, so cache-sized calls are several times faster
-        than one huge call, while still amortizing Python overhead over many blocks."""
-        out: list[PairCounts] = []
+        than one huge call, while still amortizing Python overhead over many blocks. A
+        chunk holds the same parts of every measure that shares them; its gap side is
+        computed once."""
+        shared: dict[tuple[int, int], list[int]] = {}
+        for i, key in enumerate(self.keys):
+            shared.setdefault(key, []).append(i)
+        classes = list(shared.values())
+        out: list[PairCounts | None] = [None] * len(self.parts)
         i = 0
-        while i < len(self.parts):
+        while i < len(classes):
             j, size = i, 0
-            while j < len(self.parts) and (j == i or size + self.parts[j][1].size <= chunk):
-                size += self.parts[j][1].size
+            while j < len(classes) and len(classes[j]) == len(classes[i]) and (
+                    j == i or size + self.parts[classes[j][0]][2].size <= chunk):
+                size += self.parts[classes[j][0]][2].size
                 j += 1
-            base = self.spans[i][0]
-            g, rx, ry, rq = (np.concatenate([p[k] for p in self.parts[i:j]]) for k in range(4))
-            counts = _pair_counts_ranked(g - base, rx, ry, rq, self.spans[j - 1][1] - base)
-            out.extend(counts[slice(a - base, b - base)] for a, b in self.spans[i:j])
+            gap = None
+            for members in zip(*classes[i:j]):     # one measure's parts of these classes
+                offsets = np.cumsum([0] + [self.parts[k][1] for k in members])
+                g = np.concatenate([self.parts[k][0] + off for k, off in zip(members, offsets)])
+                rx, ry, rq = (np.concatenate([self.parts[k][c] for k in members]) for c in (2, 3, 4))
+                g = g.astype(np.int64)
+                if gap is None and g.size >= 2:
+                    gap = _gap_side(g, ry, rq, int(offsets[-1]))
+                counts = _pair_counts_ranked(g, rx, ry, rq, int(offsets[-1]), gap)
+                for k, a, b in zip(members, offsets[:-1], offsets[1:]):
+                    out[k] = counts[slice(a, b)]
             i = j
         for c, dup in zip(out, self.dups):
             if dup is not None:         # copies of one model: tied in x, in y, in both
@@ -839,7 +890,7 @@ class _Blocks:
                 c.tx = c.tx - dup
                 c.ty = c.ty - dup
                 c.tb = c.tb - dup
-        return out
+        return out  # type: ignore[return-value]
 
 
 def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarray,
@@ -853,6 +904,7 @@ def _score_once(idx: np.ndarray, measures: dict[str, np.ndarray], gap: np.ndarra
         ok = np.isfinite(c_all) & np.isfinite(g_all)
         pos = np.flatnonzero(ok)
         m = idx[pos]
+        blocks.measure(m)
         x, y = c_all[pos], g_all[pos]
         rx = _ranks(x) if x.size else np.zeros(0, dtype=np.int64)
         ry, rq = _tol_ranks(y, opts.gap_tol) if y.size else (rx, rx)
