@@ -355,6 +355,20 @@ def test_large_population_matches_bruteforce_without_ties():
     assert_close(flat(board["leaderboard"]["m1"]), want)
 
 
+def test_measures_sharing_the_gap_side_each_match_bruteforce():
+    """Three measures scored together (two on the same models, one with a NaN: its own
+    model set) on groups big enough for the Fenwick count, with a tolerance that ties
+    near pairs: each measure's scores equal the brute force on that measure alone."""
+    rng = np.random.default_rng(11)
+    measures, gaps, hp = random_population(rng, 200, ties=False)
+    board = score_population(measures, gaps, hp, ["a", "b"], ["d"], preset="paper", gap_tol=0.01)
+    opts = resolve_options("paper", gap_tol=0.01)
+    hp_py = {h: list(v.tolist()) for h, v in hp.items()}
+    for name, c in measures.items():
+        want = bf_score(c.tolist(), gaps[opts.gap].tolist(), hp_py, ["a", "b"], ["d"], opts)
+        assert_close(flat(board["leaderboard"][name]), want)
+
+
 # ---------------------------------------------------------------------------------------
 # hand-computed 4-model cases
 # ---------------------------------------------------------------------------------------
