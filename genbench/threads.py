@@ -17,8 +17,9 @@ def usable_cores() -> int:
 
 
 def cpu_sample() -> tuple[float, float, int] | None:
-    """(busy seconds of all CPUs, CPU seconds of this process, CPUs counted) from
-    /proc/stat and /proc/self/stat; None where there is no /proc (not Linux)."""
+    """(busy seconds of the CPUs this process may use, CPU seconds of this process, CPUs
+    counted) from /proc/stat (its per-CPU lines, so a container's affinity mask counts, not
+    the host) and /proc/self/stat; None where there is no /proc (not Linux)."""
     try:
         with open("/proc/stat") as f:
             lines = f.read().splitlines()
@@ -26,10 +27,19 @@ def cpu_sample() -> tuple[float, float, int] | None:
             mine = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    ticks = [int(v) for v in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
-    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    try:
+        usable = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except AttributeError:  # pragma: no cover - no affinity: every CPU
+        usable = None
+    busy, cpus = 0, 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and (usable is None or name in usable):
+            ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+            busy += sum(ticks) - ticks[3] - ticks[4]
+            cpus += 1
     hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks) - ticks[3] - ticks[4]) / hz, (int(mine[11]) + int(mine[12])) / hz, cpus
+    return busy / hz, (int(mine[11]) + int(mine[12])) / hz, cpus
 
 
 def busy_elsewhere(window: float = 0.1) -> float:
