@@ -66,9 +66,9 @@ def idle_cores(cores: int | None = None) -> int:
     return max(1, min(cores, int(cores - busy_elsewhere() + 0.5)))
 
 
-def sensible_threads(cores: int | None = None) -> int:
-    """Torch threads for one process: :func:`idle_cores`, or ``OMP_NUM_THREADS`` when the
-    user sets it.
+def sensible_threads(cores: int | None = None, idle: int | None = None) -> int:
+    """Torch threads for one process: :func:`idle_cores` (``idle`` when the caller has just
+    measured it), or ``OMP_NUM_THREADS`` when the user sets it.
 
     OpenMP parallel regions wait for every thread, so when other processes keep the
     cores busy a thread that is descheduled stalls the rest; on this project's shared
@@ -77,7 +77,7 @@ def sensible_threads(cores: int | None = None) -> int:
     """
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return idle_cores(cores)
+    return idle if idle is not None else idle_cores(cores)
 
 
 @contextlib.contextmanager

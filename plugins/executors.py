@@ -126,8 +126,8 @@ class ProcessExecutor(Executor):
             tasks = balance(tasks, workers)
         workers = min(workers, len(tasks))
         if workers <= 1:  # nothing to spread: no pool to start (2-3 s per stage)
-            LocalExecutor(LocalExecutor.Params(threads=self.params.threads)).run(tasks, setup,
-                                                                                  on_done)
+            threads = self.params.threads or sensible_threads(idle=idle)  # not sampled twice
+            LocalExecutor(LocalExecutor.Params(threads=threads)).run(tasks, setup, on_done)
             return
         devices = [f"cuda:{i % gpus}" for i in range(workers)] if gpus else [setup.device] * workers
         threads = self.params.threads or max(1, idle // workers)
